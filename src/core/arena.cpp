@@ -1,0 +1,56 @@
+#include "core/arena.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <utility>
+
+namespace dsfuse {
+
+constexpr size_t kAlign = 64;
+
+Buffer::Buffer(size_t bytes) : size_(bytes) {
+  if (bytes == 0) return;
+  data_ = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
+  if (!data_) fail(cat("out of memory allocating ", bytes, " bytes"));
+}
+
+Buffer::~Buffer() { std::free(data_); }
+
+Buffer::Buffer(Buffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    std::free(data_);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+void Buffer::zero() {
+  if (data_) std::memset(data_, 0, size_);
+}
+
+void Arena::reserve(size_t bytes) {
+  if (bytes <= buf_.size()) return;
+  buf_ = Buffer(bytes);
+  used_ = 0;
+}
+
+void* Arena::alloc_bytes(size_t bytes) {
+  size_t start = (used_ + kAlign - 1) / kAlign * kAlign;
+  DSFUSE_CHECK(start + bytes <= buf_.size(), "workspace arena exhausted: need ", start + bytes,
+               " bytes, have ", buf_.size());
+  used_ = start + bytes;
+  if (used_ > high_) high_ = used_;
+  return static_cast<char*>(buf_.data()) + start;
+}
+
+TensorView Arena::alloc(DType t, std::initializer_list<int64_t> dims) {
+  TensorView v(nullptr, t, dims);
+  v.data = alloc_bytes(v.nbytes());
+  return v;
+}
+
+}  // namespace dsfuse

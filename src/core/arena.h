@@ -1,0 +1,50 @@
+// Owning memory: Buffer (one aligned allocation) and Arena (bump allocator over a Buffer, reset per
+// forward pass, so ops never allocate from the heap).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+
+#include "core/tensor.h"
+
+namespace dsfuse {
+
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(size_t bytes);
+  ~Buffer();
+  Buffer(Buffer&& o) noexcept;
+  Buffer& operator=(Buffer&& o) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  void zero();
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+class Arena {
+ public:
+  Arena() = default;
+  explicit Arena(size_t bytes) : buf_(bytes) {}
+  void reserve(size_t bytes);  // reallocates only when larger; invalidates outstanding views
+  // Allocates a contiguous tensor; throws (never grows) when the arena is exhausted.
+  TensorView alloc(DType t, std::initializer_list<int64_t> dims);
+  void* alloc_bytes(size_t bytes);
+  void reset() { used_ = 0; }
+  size_t used() const { return used_; }
+  size_t capacity() const { return buf_.size(); }
+  size_t high_water() const { return high_; }
+
+ private:
+  Buffer buf_;
+  size_t used_ = 0;
+  size_t high_ = 0;
+};
+
+}  // namespace dsfuse
