@@ -37,6 +37,7 @@ class Arena {
   TensorView alloc(DType t, std::initializer_list<int64_t> dims);
   void* alloc_bytes(size_t bytes);
   void reset() { used_ = 0; }
+  void reset_to(size_t mark) { used_ = mark; }  // frees everything allocated after `mark`
   size_t used() const { return used_; }
   size_t capacity() const { return buf_.size(); }
   size_t high_water() const { return high_; }

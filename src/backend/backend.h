@@ -1,0 +1,109 @@
+// The backend interface: device memory, streams and op dispatch. Model code is written only against
+// this interface (and TensorView); the CPU backend implements it now, a CUDA backend later, so model
+// files never include device headers. Activations are f32 row-major [T, ...] unless stated; weights are
+// `Linear`s in their stored format (bf16/f16/f32, or FP8 blocks dequantized when used).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dsfuse {
+
+// A weight matrix y = x W^T (+ b) in its stored format.
+struct Linear {
+  TensorView w;      // [N, K]: f32 / bf16 / f16 / f8e4m3
+  TensorView scale;  // FP8 only: f32 [ceil(N/block_rows), ceil(K/block_cols)] (weight_scale_inv)
+  TensorView bias;   // optional [N] (f32 / bf16 / f16)
+  int block_rows = 128, block_cols = 128;
+
+  int64_t out_features() const { return w.shape[0]; }
+  int64_t in_features() const { return w.shape[1]; }
+  bool empty() const { return w.empty(); }
+  size_t bytes() const { return w.nbytes() + (scale.empty() ? 0 : scale.nbytes()) + (bias.empty() ? 0 : bias.nbytes()); }
+};
+
+// Dequantizes rows [r0, r1) of a weight into f32 `out` ([r1-r0, K], row stride K). FP8 values are
+// multiplied by their block scale and rounded to bf16, the checkpoint's own dequantized form.
+void dequantize_rows(const Linear& w, int64_t r0, int64_t r1, float* out);
+// Reads element i of a 1-D f32/bf16/f16 vector (norm weights, biases).
+float vec_at(const TensorView& v, int64_t i);
+
+// Rotary embedding tables: the inverse frequency of each rotated pair and the cos/sin scale
+// (YaRN's attention factor; 1 otherwise).
+struct RopeTable {
+  std::vector<float> inv_freq;  // [rot_dim / 2]
+  float cos_sin_scale = 1.0f;
+  int rot_dim() const { return static_cast<int>(inv_freq.size()) * 2; }
+};
+
+enum class RopeStyle {
+  Neox,        // pairs (i, i + d/2): Llama, Qwen2 (HF rotate_half)
+  Interleaved  // pairs (2i, 2i + 1): DeepSeek MLA rope part
+};
+
+// MoE routing parameters (DeepSeek V2/V3 gates).
+struct RouterParams {
+  int n_experts = 0, top_k = 0, n_group = 1, topk_group = 1;
+  enum class Method { Greedy, GroupLimitedGreedy, NoauxTc } method = Method::Greedy;
+  bool sigmoid = false;  // scoring function: sigmoid (V3) or softmax (V2)
+  bool norm_topk_prob = false;
+  float routed_scaling_factor = 1.0f;
+};
+
+// One routed expert: SwiGLU MLP.
+struct ExpertWeights {
+  Linear gate, up, down;  // gate/up [I, H], down [H, I]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+
+  // Memory and transfers (on the CPU these are plain host memory and memcpy).
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void free(void* p) = 0;
+  virtual void copy_to_device(void* dst, const void* src, size_t bytes) = 0;
+  virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
+  virtual void synchronize() {}
+
+  // out[t] = table[ids[t]]  // out [T, H] f32, table [V, H]
+  virtual void embedding(TensorView out, const TensorView& table, const int32_t* ids, int64_t T) = 0;
+  // y = x W^T + b  // y [T, N], x [T, K]
+  virtual void linear(TensorView y, const TensorView& x, const Linear& w) = 0;
+  // y = x / rms(x) * w, row-wise over the last dim; y may alias x  // [T, D]
+  virtual void rms_norm(TensorView y, const TensorView& x, const TensorView& w, float eps) = 0;
+  // y += x  // [T, D]
+  virtual void add(TensorView y, const TensorView& x) = 0;
+  // y = silu(gate) * up  // [T, I]; y may alias gate
+  virtual void silu_mul(TensorView y, const TensorView& gate, const TensorView& up) = 0;
+  // Rotates dims [offset, offset + rot_dim) of every head in place  // x [T, H, D] (row stride may exceed H*D)
+  virtual void rope(TensorView x, int offset, const RopeTable& table, RopeStyle style, const int32_t* positions) = 0;
+  // Copies rows: dst[dst_row0 + t] = src[t]  // src [T, D] (strided rows), dst [S, D]
+  virtual void copy_rows(TensorView dst, int64_t dst_row0, const TensorView& src) = 0;
+  // Causal GQA attention of T new queries at positions past..past+T-1 over keys/values 0..past+T-1.
+  // out [T, Hq, Dv], q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv]
+  virtual void attention(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v,
+                         int64_t past, float scale) = 0;
+  // MLA in absorbed form over the latent cache: per head h,
+  //   q_lat = W_UK[h]^T q_nope[h]; s = scale (q_lat·latent[s] + q_pe[h]·k_pe[s]); o_lat = softmax(s)·latent;
+  //   out[h] = W_UV[h] o_lat, with W_UK/W_UV the key/value rows of kv_b ([H*(nope+v), C]).
+  // out [T, H, Dv], q_nope [T, H, nope], q_pe [T, H, R], latent [S, C], k_pe [S, R]
+  virtual void mla_attention(TensorView out, const TensorView& q_nope, const TensorView& q_pe,
+                             const TensorView& latent, const TensorView& k_pe, const Linear& kv_b, int64_t past,
+                             float scale) = 0;
+  // Expert choice from router logits: ids/weights [T, top_k]  // logits [T, E] f32, bias [E] or empty
+  virtual void moe_route(TensorView ids, TensorView weights, const TensorView& logits, const TensorView& bias,
+                         const RouterParams& p) = 0;
+  // out = sum_k weights[t,k] * expert[ids[t,k]](x[t])  // out, x [T, H]; tokens are gathered per expert
+  virtual void moe_experts(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
+                           const std::vector<ExpertWeights>& experts) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+
+}  // namespace dsfuse

@@ -1,0 +1,97 @@
+// safetensors reading through mmap: single files and sharded checkpoints
+// (model.safetensors.index.json). Every header is validated before any tensor is touched.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dsfuse {
+
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // byte offsets relative to the data section
+};
+
+// Parses and validates a safetensors header from the first `size` bytes of a file named `what`
+// (for error messages). Checks: header length within the file, valid JSON object, known dtypes,
+// non-negative shapes, offsets within the data section, byte size matching shape × dtype, no
+// overlapping tensors. Returns the tensors sorted by name; `data_offset` receives 8 + header length.
+std::vector<TensorInfo> parse_safetensors_header(const uint8_t* data, size_t size, const std::string& what,
+                                                 uint64_t* data_offset);
+
+// A read-only memory map of one file.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::filesystem::path& path);
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo* find(const std::string& name) const;
+  TensorView view(const TensorInfo& t) const;  // zero-copy view into the mapping
+  const std::filesystem::path& path() const { return map_->path(); }
+
+ private:
+  std::unique_ptr<MappedFile> map_;
+  std::vector<TensorInfo> tensors_;
+  std::map<std::string, size_t> index_;
+  uint64_t data_offset_ = 0;
+};
+
+// All tensors of a checkpoint directory (or one .safetensors file), with use tracking so the loader can
+// name tensors that were expected but missing, or present but never used.
+class Checkpoint {
+ public:
+  explicit Checkpoint(const std::filesystem::path& dir_or_file);
+
+  bool has(const std::string& name) const;
+  // Returns the tensor, marking it used; throws an Error naming the tensor and the checkpoint if absent.
+  TensorView get(const std::string& name);
+  // Like get() but checks dtype class and shape, naming tensor/file on mismatch.
+  TensorView get(const std::string& name, std::initializer_list<int64_t> shape);
+  const TensorInfo& info(const std::string& name) const;
+  std::string file_of(const std::string& name) const;
+
+  void mark_ignored(const std::string& name);  // e.g. MTP layers: present, deliberately not loaded
+  std::vector<std::string> names() const;
+  std::vector<std::string> unused() const;  // neither used nor ignored
+  const std::vector<std::string>& ignored() const { return ignored_; }
+  const std::filesystem::path& root() const { return root_; }
+
+ private:
+  std::filesystem::path root_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, std::pair<size_t, const TensorInfo*>> where_;
+  std::set<std::string> used_;
+  std::vector<std::string> ignored_;
+};
+
+// Writes float32/int64/... tensors into a safetensors file (used by `dsfuse logits` and tools).
+struct NamedTensor {
+  std::string name;
+  TensorView view;  // contiguous, CPU
+};
+void write_safetensors(const std::filesystem::path& path, const std::vector<NamedTensor>& tensors);
+
+}  // namespace dsfuse

@@ -1,0 +1,82 @@
+#include "models/llama.h"
+
+#include <cmath>
+
+namespace dsfuse {
+
+LlamaModel::LlamaModel(const ModelConfig& cfg, Checkpoint& ck, Backend& be) : CausalLM(cfg, be) {
+  WeightLoader wl(ck, cfg_);
+  load_common(wl);
+  const int64_t H = cfg_.hidden_size, D = cfg_.head_dim, I = cfg_.intermediate_size;
+  q_dim_ = cfg_.num_attention_heads * D;
+  kv_dim_ = cfg_.num_key_value_heads * D;
+  for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Layer L;
+    L.attn_norm = wl.vector(p + "input_layernorm.weight", H);
+    L.mlp_norm = wl.vector(p + "post_attention_layernorm.weight", H);
+    L.q = wl.linear(p + "self_attn.q_proj", q_dim_, H, cfg_.qkv_bias);
+    L.k = wl.linear(p + "self_attn.k_proj", kv_dim_, H, cfg_.qkv_bias);
+    L.v = wl.linear(p + "self_attn.v_proj", kv_dim_, H, cfg_.qkv_bias);
+    L.o = wl.linear(p + "self_attn.o_proj", H, q_dim_, cfg_.attention_bias);
+    L.mlp.gate = wl.linear(p + "mlp.gate_proj", I, H, cfg_.mlp_bias);
+    L.mlp.up = wl.linear(p + "mlp.up_proj", I, H, cfg_.mlp_bias);
+    L.mlp.down = wl.linear(p + "mlp.down_proj", H, I, cfg_.mlp_bias);
+    layers_.push_back(std::move(L));
+  }
+  rope_ = make_rope_table(cfg_.rope, static_cast<int>(D));
+}
+
+std::unique_ptr<KVCache> LlamaModel::new_cache(int64_t max_tokens) const {
+  return std::make_unique<KVCache>(be_, cfg_.num_hidden_layers, max_tokens, kv_dim_, kv_dim_);
+}
+
+std::string LlamaModel::kv_layout() const {
+  return cat("K and V: ", cfg_.num_key_value_heads, " kv heads x ", cfg_.head_dim, " per layer, f32");
+}
+
+size_t LlamaModel::layer_workspace_floats(int64_t T, int64_t S) const {
+  const int64_t H = cfg_.hidden_size;
+  return static_cast<size_t>(T * (H + q_dim_ + 2 * kv_dim_ + q_dim_ + H + 2 * cfg_.intermediate_size + H));
+}
+
+void LlamaModel::layers(TensorView x, const int32_t* pos, KVCache& cache) {
+  const int64_t T = x.shape[0], H = cfg_.hidden_size, D = cfg_.head_dim;
+  const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+  const int64_t past = cache.length(), S = past + T;
+  const float eps = static_cast<float>(cfg_.rms_norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const size_t mark = arena_.used();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    TensorView h = arena_.alloc(DType::F32, {T, H});
+    be_.rms_norm(h, x, L.attn_norm, eps);
+    TensorView q = arena_.alloc(DType::F32, {T, Hq, D});
+    TensorView k = arena_.alloc(DType::F32, {T, Hkv, D});
+    TensorView v = arena_.alloc(DType::F32, {T, Hkv, D});
+    be_.linear(q.reshape({T, Hq * D}), h, L.q);  // [T, Hq*D]
+    be_.linear(k.reshape({T, Hkv * D}), h, L.k);  // [T, Hkv*D]
+    be_.linear(v.reshape({T, Hkv * D}), h, L.v);  // [T, Hkv*D]
+    be_.rope(q, 0, rope_, RopeStyle::Neox, pos);
+    be_.rope(k, 0, rope_, RopeStyle::Neox, pos);
+    TensorView kc = cache.k(static_cast<int>(l)), vc = cache.v(static_cast<int>(l));  // [max, Hkv*D]
+    be_.copy_rows(kc, past, k.reshape({T, Hkv * D}));
+    be_.copy_rows(vc, past, v.reshape({T, Hkv * D}));
+    TensorView attn = arena_.alloc(DType::F32, {T, Hq, D});
+    be_.attention(attn, q, kc.rows(0, S).reshape({S, Hkv, D}), vc.rows(0, S).reshape({S, Hkv, D}), past, scale);
+    TensorView o = arena_.alloc(DType::F32, {T, H});
+    be_.linear(o, attn.reshape({T, Hq * D}), L.o);
+    be_.add(x, o);
+    be_.rms_norm(h, x, L.mlp_norm, eps);
+    mlp(o, h, L.mlp);
+    be_.add(x, o);
+    // Release this layer's activations (the arena is a stack).
+    arena_.reset_to(mark);
+  }
+}
+
+std::unique_ptr<CausalLM> make_llama(const ModelConfig& cfg, Checkpoint& ck, Backend& be) {
+  return std::make_unique<LlamaModel>(cfg, ck, be);
+}
+
+}  // namespace dsfuse

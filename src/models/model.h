@@ -1,0 +1,81 @@
+// Internal base of every architecture: weights + config + backend; families implement build() and
+// layer forward passes. Registration of architectures by config.architectures[0] lives in registry.cpp.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/arena.h"
+#include "dsfuse/dsfuse.h"
+#include "kv/kv_cache.h"
+#include "loader/config.h"
+#include "loader/safetensors.h"
+
+namespace dsfuse {
+
+// Weight-loading helpers over a Checkpoint, with shape/dtype checks that name tensor and file.
+class WeightLoader {
+ public:
+  WeightLoader(Checkpoint& ck, const ModelConfig& cfg) : ck_(ck), cfg_(cfg) {}
+  // `name` without ".weight"; N x K expected; loads FP8 scale blocks when the weight is float8.
+  Linear linear(const std::string& name, int64_t N, int64_t K, bool bias = false);
+  TensorView vector(const std::string& name, int64_t n);   // norms, biases: float types only
+  TensorView matrix(const std::string& name, int64_t r, int64_t c);  // embeddings: float types only
+  bool has(const std::string& name) const { return ck_.has(name); }
+  Checkpoint& checkpoint() { return ck_; }
+
+ private:
+  void check_float(const std::string& name, const TensorView& v, bool allow_fp8);
+  Checkpoint& ck_;
+  const ModelConfig& cfg_;
+};
+
+struct MlpWeights {
+  Linear gate, up, down;
+};
+
+class CausalLM;
+using ModelFactory = std::function<std::unique_ptr<CausalLM>(const ModelConfig&, Checkpoint&, Backend&)>;
+
+class CausalLM {
+ public:
+  CausalLM(const ModelConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {}
+  virtual ~CausalLM() = default;
+
+  const ModelConfig& config() const { return cfg_; }
+  virtual std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const = 0;
+  virtual std::string kv_layout() const = 0;
+
+  // Runs T tokens at positions cache.length()..; appends them to the cache; writes logits for all T
+  // tokens ([T, V]) or only the last ([1, V]) into `logits` (host memory).
+  void forward(const int32_t* ids, int64_t T, KVCache& cache, float* logits, bool all_logits);
+
+ protected:
+  // x [T, H] holds the embeddings on entry; runs every decoder layer in place.
+  virtual void layers(TensorView x, const int32_t* positions, KVCache& cache) = 0;
+  // Shared building blocks.
+  void mlp(TensorView out, const TensorView& x, const MlpWeights& w);  // SwiGLU
+  void load_common(WeightLoader& wl);  // embeddings, final norm, lm_head (tied or not)
+  // Floats of arena workspace the layers need for T new tokens over S cached positions.
+  virtual size_t layer_workspace_floats(int64_t T, int64_t S) const = 0;
+
+  const ModelConfig cfg_;
+  Backend& be_;
+  Arena arena_;  // per-forward activations; sized on first use for the largest T seen
+  TensorView embed_, final_norm_;
+  Linear lm_head_;
+  std::vector<int32_t> positions_;
+};
+
+// The one place architectures are registered: config.architectures[0] -> factory.
+const std::map<std::string, ModelFactory>& model_registry();
+
+// Per-family factories (models/<family>.cpp).
+std::unique_ptr<CausalLM> make_llama(const ModelConfig&, Checkpoint&, Backend&);
+std::unique_ptr<CausalLM> make_qwen2(const ModelConfig&, Checkpoint&, Backend&);
+std::unique_ptr<CausalLM> make_deepseek(const ModelConfig&, Checkpoint&, Backend&);
+
+}  // namespace dsfuse
