@@ -283,7 +283,7 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> ids, s
     float m = raw_[0];
     for (size_t i = 1; i < V; ++i) m = std::max(m, raw_[i]);
     double s = 0.0;
-    for (size_t i = 0; i < V; ++i) s += std::exp(static_cast<double>(raw_[i]) - m);
+    for (size_t i = 0; i < V; ++i) s += std::exp(raw_[i] - m);  // float exp, double sum
     const double lse = static_cast<double>(m) + std::log(s);
     out->logprob = static_cast<float>(static_cast<double>(raw_[tok]) - lse);
     out->top.clear();
