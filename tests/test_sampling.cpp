@@ -544,6 +544,31 @@ TEST(Sampler, LargeVocabSpeedSanity) {
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / N;
   std::printf("[ sampler ] vocab %zu, top_p 0.95 + penalties + logprobs: %.3f ms/sample\n", V, ms);
   EXPECT_LT(ms, 25.0);  // generous: shared CI cores; typical is well under 2 ms in Release
+
+  // Other common configurations (timings printed for reference only).
+  auto time_cfg = [&](const char* name, SamplingParams q) {
+    q.seed = 1;
+    Sampler sq(q);
+    auto a = std::chrono::steady_clock::now();
+    for (int i = 0; i < 100; ++i) {
+      std::copy(l.begin(), l.end(), buf.begin());
+      sq.sample(buf, ids, 2048);
+    }
+    const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count() / 100;
+    std::printf("[ sampler ] vocab %zu, %s: %.3f ms/sample\n", V, name, t);
+  };
+  SamplingParams q;
+  q.temperature = 0;
+  time_cfg("greedy", q);
+  q.temperature = 1.0f;
+  time_cfg("temperature only", q);
+  q.top_k = 50;
+  q.top_p = 0.9f;
+  time_cfg("top_k 50 + top_p 0.9", q);
+  q.top_k = 0;
+  q.top_p = 1.0f;
+  q.min_p = 0.05f;
+  time_cfg("min_p 0.05", q);
 }
 
 // ---------------------------------------------------------------- GenerationConfig

@@ -57,6 +57,11 @@ struct SampleResult {
   std::vector<std::pair<int32_t, float>> top;
 };
 
+// One Sampler per sequence/request (holds the RNG and scratch buffers); not thread-safe.
+// Cost per call: O(vocab) passes (one expf pass for plain temperature sampling, two with top-p and
+// no top-k, one more for logprobs) + O(len(ids)) for penalties; top-k is a bounded-heap selection,
+// top-p only sorts the tokens above a probability threshold that provably contains the nucleus.
+// Buffers grow on the first call for a vocab size and are reused afterwards.
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);  // validates params
