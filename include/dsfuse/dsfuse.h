@@ -17,6 +17,7 @@ namespace dsfuse {
 struct LoadOptions {
   int threads = 0;            // 0: all cores (or $DSFUSE_THREADS)
   std::string device = "cpu";  // "cpu" (a CUDA backend comes later), "reference" (scalar, for tests)
+  std::string quant = "none";  // weights in memory: "none" (as stored), "int8", "int8-asym"
 };
 
 struct ModelInfo {
@@ -44,6 +45,9 @@ class Model {
   // Loads config.json and the safetensors weights of `dir` (memory-mapped; weights used as stored).
   // Throws dsfuse::Error (a std::runtime_error) with a message naming the file/tensor/field at fault.
   static std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& opts = {});
+  // Random weights of the real shapes from a config.json alone (for benchmarks), like vLLM's dummy format.
+  static std::unique_ptr<Model> load_dummy(const std::filesystem::path& config_json, const LoadOptions& opts = {},
+                                           uint64_t seed = 0);
   virtual ~Model() = default;
 
   virtual ModelInfo info() const = 0;

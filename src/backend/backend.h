@@ -14,15 +14,20 @@ namespace dsfuse {
 
 // A weight matrix y = x W^T (+ b) in its stored format.
 struct Linear {
-  TensorView w;      // [N, K]: f32 / bf16 / f16 / f8e4m3
-  TensorView scale;  // FP8 only: f32 [ceil(N/block_rows), ceil(K/block_cols)] (weight_scale_inv)
+  TensorView w;      // [N, K]: f32 / bf16 / f16 / f8e4m3 / i8
+  TensorView scale;  // f8e4m3: f32 [ceil(N/block_rows), ceil(K/block_cols)] (weight_scale_inv);
+                     // i8: f32 [N], one per output channel
+  TensorView zero;   // i8 asymmetric only: f32 [N] zero points, W = (q - zero) * scale
   TensorView bias;   // optional [N] (f32 / bf16 / f16)
   int block_rows = 128, block_cols = 128;
 
   int64_t out_features() const { return w.shape[0]; }
   int64_t in_features() const { return w.shape[1]; }
   bool empty() const { return w.empty(); }
-  size_t bytes() const { return w.nbytes() + (scale.empty() ? 0 : scale.nbytes()) + (bias.empty() ? 0 : bias.nbytes()); }
+  size_t bytes() const {
+    return w.nbytes() + (scale.empty() ? 0 : scale.nbytes()) + (zero.empty() ? 0 : zero.nbytes()) +
+           (bias.empty() ? 0 : bias.nbytes());
+  }
 };
 
 // Dequantizes rows [r0, r1) of a weight into f32 `out` ([r1-r0, K], row stride K). FP8 values are

@@ -197,15 +197,30 @@ Checkpoint::Checkpoint(const fs::path& dir_or_file) : root_(dir_or_file) {
   }
 }
 
-bool Checkpoint::has(const std::string& name) const { return where_.count(name) > 0; }
+std::unique_ptr<Checkpoint> Checkpoint::synthetic(uint64_t seed) {
+  std::unique_ptr<Checkpoint> c(new Checkpoint());
+  c->synthetic_ = true;
+  c->seed_ = seed;
+  c->root_ = "<dummy weights>";
+  return c;
+}
+
+void Checkpoint::release(const std::string& name) {
+  auto it = owned_.find(name);
+  if (it != owned_.end()) std::vector<uint16_t>().swap(it->second.data);
+}
+
+bool Checkpoint::has(const std::string& name) const { return where_.count(name) > 0 || owned_.count(name) > 0; }
 
 const TensorInfo& Checkpoint::info(const std::string& name) const {
+  if (auto o = owned_.find(name); o != owned_.end()) return o->second.info;
   auto it = where_.find(name);
   DSFUSE_CHECK(it != where_.end(), "missing tensor '", name, "' in checkpoint ", root_.string());
   return *it->second.second;
 }
 
 std::string Checkpoint::file_of(const std::string& name) const {
+  if (synthetic_) return root_.string();
   auto it = where_.find(name);
   return it == where_.end() ? root_.string() : files_[it->second.first]->path().string();
 }
@@ -213,10 +228,46 @@ std::string Checkpoint::file_of(const std::string& name) const {
 TensorView Checkpoint::get(const std::string& name) {
   const TensorInfo& t = info(name);
   used_.insert(name);
+  if (auto o = owned_.find(name); o != owned_.end()) {
+    DSFUSE_CHECK(!o->second.data.empty() || t.end == 0, "dummy tensor '", name, "' was released");
+    TensorView v(const_cast<uint16_t*>(o->second.data.data()), DType::BF16, {});
+    v.ndim = static_cast<int>(t.shape.size());
+    int64_t st = 1;
+    for (int k = v.ndim - 1; k >= 0; --k) {
+      v.shape[k] = t.shape[k];
+      v.stride[k] = st;
+      st *= t.shape[k];
+    }
+    return v;
+  }
   return files_[where_.at(name).first]->view(t);
 }
 
 TensorView Checkpoint::get(const std::string& name, std::initializer_list<int64_t> shape) {
+  if (synthetic_ && !owned_.count(name)) {
+    Owned o;
+    o.info.name = name;
+    o.info.dtype = DType::BF16;
+    o.info.shape.assign(shape.begin(), shape.end());
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    o.info.end = static_cast<uint64_t>(n) * 2;
+    o.data.resize(static_cast<size_t>(n));
+    const bool ones = shape.size() == 1 && name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
+    const bool zeros = shape.size() == 1 && !ones;
+    if (ones || zeros) {
+      std::fill(o.data.begin(), o.data.end(), ones ? f32_to_bf16(1.0f) : 0);
+    } else {
+      // xorshift64*: uniform in [-a, a) with std 0.02 (a = 0.02 * sqrt(3)).
+      uint64_t s = (seed_ + 0x9E3779B97F4A7C15ull) ^ std::hash<std::string>{}(name);
+      for (auto& v : o.data) {
+        s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+        const float u = static_cast<float>((s * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
+        v = f32_to_bf16((2.0f * u - 1.0f) * 0.0346410f);
+      }
+    }
+    owned_.emplace(name, std::move(o));
+  }
   TensorView v = get(name);
   bool ok = static_cast<size_t>(v.ndim) == shape.size();
   int i = 0;
@@ -236,12 +287,15 @@ void Checkpoint::mark_ignored(const std::string& name) {
 std::vector<std::string> Checkpoint::names() const {
   std::vector<std::string> n;
   for (const auto& [k, v] : where_) n.push_back(k);
+  for (const auto& [k, v] : owned_) n.push_back(k);
   return n;
 }
 
 std::vector<std::string> Checkpoint::unused() const {
   std::vector<std::string> n;
   for (const auto& [k, v] : where_)
+    if (!used_.count(k)) n.push_back(k);
+  for (const auto& [k, v] : owned_)
     if (!used_.count(k)) n.push_back(k);
   return n;
 }

@@ -64,6 +64,13 @@ class SafetensorsFile {
 class Checkpoint {
  public:
   explicit Checkpoint(const std::filesystem::path& dir_or_file);
+  // A checkpoint without files (vLLM's "dummy" load format, for benchmarks): get(name, shape) creates a
+  // random bf16 tensor of the requested shape on first use (norm weights are ones, e_score_correction_bias
+  // zeros, other weights uniform with std 0.02). has() is true only for tensors already created.
+  static std::unique_ptr<Checkpoint> synthetic(uint64_t seed = 0);
+  bool is_synthetic() const { return synthetic_; }
+  // Frees a synthetic tensor's memory once it has been converted (e.g. quantized); views die with it.
+  void release(const std::string& name);
 
   bool has(const std::string& name) const;
   // Returns the tensor, marking it used; throws an Error naming the tensor and the checkpoint if absent.
@@ -80,6 +87,15 @@ class Checkpoint {
   const std::filesystem::path& root() const { return root_; }
 
  private:
+  Checkpoint() = default;
+  bool synthetic_ = false;
+  uint64_t seed_ = 0;
+  struct Owned {
+    TensorInfo info;
+    std::vector<uint16_t> data;
+  };
+  std::map<std::string, Owned> owned_;
+
   std::filesystem::path root_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, std::pair<size_t, const TensorInfo*>> where_;

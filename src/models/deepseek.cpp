@@ -21,8 +21,7 @@ namespace {
 
 class DeepseekModel final : public CausalLM {
  public:
-  DeepseekModel(const ModelConfig& cfg, Checkpoint& ck, Backend& be) : CausalLM(cfg, be) {
-    WeightLoader wl(ck, cfg_);
+  DeepseekModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : CausalLM(cfg, be) {
     load_common(wl);
     const auto& m = *cfg_.mla;
     const int64_t Hd = cfg_.hidden_size, NH = cfg_.num_attention_heads;
@@ -46,7 +45,7 @@ class DeepseekModel final : public CausalLM {
       if (cfg_.is_moe_layer(l)) {
         const auto& e = *cfg_.moe;
         L.moe = true;
-        L.router = wl.linear(p + "mlp.gate", e.n_routed_experts, Hd);
+        L.router = wl.linear_exact(p + "mlp.gate", e.n_routed_experts, Hd);
         if (e.topk_method == TopkMethod::NoauxTc)
           L.router_bias = wl.vector(p + "mlp.gate.e_score_correction_bias", e.n_routed_experts);
         for (int x = 0; x < e.n_routed_experts; ++x) {
@@ -73,8 +72,8 @@ class DeepseekModel final : public CausalLM {
     // Multi-token-prediction layers (V3: index num_hidden_layers ...) are recognised, not loaded.
     for (int l = cfg_.num_hidden_layers; l < cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
-      for (const auto& n : ck.names())
-        if (n.compare(0, p.size(), p) == 0) ck.mark_ignored(n);
+      for (const auto& n : wl.checkpoint().names())
+        if (n.compare(0, p.size(), p) == 0) wl.checkpoint().mark_ignored(n);
     }
     rope_ = make_rope_table(cfg_.rope, m.qk_rope_head_dim);
     scale_ = mla_softmax_scale(cfg_);
@@ -215,8 +214,8 @@ class DeepseekModel final : public CausalLM {
 
 }  // namespace
 
-std::unique_ptr<CausalLM> make_deepseek(const ModelConfig& cfg, Checkpoint& ck, Backend& be) {
-  return std::make_unique<DeepseekModel>(cfg, ck, be);
+std::unique_ptr<CausalLM> make_deepseek(const ModelConfig& cfg, WeightLoader& wl, Backend& be) {
+  return std::make_unique<DeepseekModel>(cfg, wl, be);
 }
 
 }  // namespace dsfuse

@@ -4,8 +4,7 @@
 
 namespace dsfuse {
 
-LlamaModel::LlamaModel(const ModelConfig& cfg, Checkpoint& ck, Backend& be) : CausalLM(cfg, be) {
-  WeightLoader wl(ck, cfg_);
+LlamaModel::LlamaModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : CausalLM(cfg, be) {
   load_common(wl);
   const int64_t H = cfg_.hidden_size, D = cfg_.head_dim, I = cfg_.intermediate_size;
   q_dim_ = cfg_.num_attention_heads * D;
@@ -75,8 +74,8 @@ void LlamaModel::layers(TensorView x, const int32_t* pos, KVCache& cache) {
   }
 }
 
-std::unique_ptr<CausalLM> make_llama(const ModelConfig& cfg, Checkpoint& ck, Backend& be) {
-  return std::make_unique<LlamaModel>(cfg, ck, be);
+std::unique_ptr<CausalLM> make_llama(const ModelConfig& cfg, WeightLoader& wl, Backend& be) {
+  return std::make_unique<LlamaModel>(cfg, wl, be);
 }
 
 }  // namespace dsfuse

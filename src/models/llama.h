@@ -7,7 +7,7 @@ namespace dsfuse {
 
 class LlamaModel : public CausalLM {
  public:
-  LlamaModel(const ModelConfig& cfg, Checkpoint& ck, Backend& be);
+  LlamaModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be);
   std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override;
   std::string kv_layout() const override;
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 #include "core/log.h"
 #include "ops/reference.h"
@@ -18,6 +19,14 @@ void WeightLoader::check_float(const std::string& name, const TensorView& v, boo
 }
 
 Linear WeightLoader::linear(const std::string& name, int64_t N, int64_t K, bool bias) {
+  Linear l = linear_exact(name, N, K, bias);
+  if (quant_ == QuantType::None) return l;
+  Linear q = quantize_linear(l, quant_, store_);
+  if (ck_.is_synthetic()) ck_.release(name + ".weight");
+  return q;
+}
+
+Linear WeightLoader::linear_exact(const std::string& name, int64_t N, int64_t K, bool bias) {
   Linear l;
   const std::string wn = name + ".weight";
   l.w = ck_.get(wn, {N, K});
@@ -62,7 +71,7 @@ void CausalLM::load_common(WeightLoader& wl) {
   if (cfg_.tie_word_embeddings && !wl.has("lm_head.weight")) {
     lm_head_.w = embed_;
   } else {
-    lm_head_ = wl.linear("lm_head", cfg_.vocab_size, cfg_.hidden_size);
+    lm_head_ = wl.linear_exact("lm_head", cfg_.vocab_size, cfg_.hidden_size);
   }
 }
 
@@ -142,24 +151,25 @@ const char* family_name(Family f) {
 
 class ModelImpl final : public Model {
  public:
-  ModelImpl(const std::filesystem::path& dir, const LoadOptions& opts) : cfg_(load_config(dir)), ck_(dir) {
+  ModelImpl(ModelConfig cfg, std::unique_ptr<Checkpoint> ck, const LoadOptions& opts)
+      : cfg_(std::move(cfg)), ck_(std::move(ck)), wl_(*ck_, cfg_, parse_quant_type(opts.quant)) {
     if (opts.device == "cpu") be_ = make_cpu_backend(opts.threads);
     else if (opts.device == "reference") be_ = make_reference_backend();
     else fail(cat("device '", opts.device, "' is not available (this build supports: cpu, reference)"));
     auto it = model_registry().find(cfg_.architecture);
     DSFUSE_CHECK(it != model_registry().end(), "no implementation registered for ", cfg_.architecture);
-    for (const auto& n : ck_.names())
-      if (n.size() > 20 && n.compare(n.size() - 20, 20, ".rotary_emb.inv_freq") == 0) ck_.mark_ignored(n);
-    lm_ = it->second(cfg_, ck_, *be_);
-    const auto extra = ck_.unused();
+    for (const auto& n : ck_->names())
+      if (n.size() > 20 && n.compare(n.size() - 20, 20, ".rotary_emb.inv_freq") == 0) ck_->mark_ignored(n);
+    lm_ = it->second(cfg_, wl_, *be_);
+    const auto extra = ck_->unused();
     if (!extra.empty()) {
       std::string list;
       for (size_t i = 0; i < extra.size() && i < 5; ++i) list += (i ? ", '" : "'") + extra[i] + "'";
       if (extra.size() > 5) list += cat(" and ", extra.size() - 5, " more");
-      fail(cat("unexpected tensor", extra.size() > 1 ? "s " : " ", list, " in ", ck_.file_of(extra[0]),
+      fail(cat("unexpected tensor", extra.size() > 1 ? "s " : " ", list, " in ", ck_->file_of(extra[0]),
                ": not part of ", cfg_.architecture, " with this config.json"));
     }
-    log::info(cat("loaded ", cfg_.architecture, " from ", dir.string()));
+    log::info(cat("loaded ", cfg_.architecture, " from ", ck_->root().string()));
   }
 
   ModelInfo info() const override {
@@ -167,10 +177,10 @@ class ModelImpl final : public Model {
     m.architecture = cfg_.architecture;
     m.family = family_name(cfg_.family);
     std::map<std::string, int64_t> by;
-    std::set<std::string> ignored(ck_.ignored().begin(), ck_.ignored().end());
-    for (const auto& n : ck_.names()) {
+    std::set<std::string> ignored(ck_->ignored().begin(), ck_->ignored().end());
+    for (const auto& n : ck_->names()) {
       if (ignored.count(n)) continue;
-      const TensorInfo& t = ck_.info(n);
+      const TensorInfo& t = ck_->info(n);
       int64_t numel = 1;
       for (auto d : t.shape) numel *= d;
       const bool is_scale = n.size() > 17 && n.compare(n.size() - 17, 17, ".weight_scale_inv") == 0;
@@ -182,7 +192,7 @@ class ModelImpl final : public Model {
     auto probe = lm_->new_cache(1);
     m.kv_bytes_per_token = static_cast<int64_t>(probe->bytes_per_token());
     m.kv_layout = lm_->kv_layout();
-    m.ignored_tensors = ck_.ignored();
+    m.ignored_tensors = ck_->ignored();
     m.vocab_size = cfg_.vocab_size;
     m.num_layers = cfg_.num_hidden_layers;
     m.hidden_size = cfg_.hidden_size;
@@ -206,7 +216,8 @@ class ModelImpl final : public Model {
 
  private:
   ModelConfig cfg_;
-  Checkpoint ck_;
+  std::unique_ptr<Checkpoint> ck_;
+  WeightLoader wl_;
   std::unique_ptr<Backend> be_;
   std::unique_ptr<CausalLM> lm_;
 };
@@ -214,7 +225,16 @@ class ModelImpl final : public Model {
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadOptions& opts) {
-  return std::make_unique<ModelImpl>(dir, opts);
+  ModelConfig cfg = load_config(dir);
+  return std::make_unique<ModelImpl>(std::move(cfg), std::make_unique<Checkpoint>(dir), opts);
+}
+
+std::unique_ptr<Model> Model::load_dummy(const std::filesystem::path& config_json, const LoadOptions& opts,
+                                         uint64_t seed) {
+  ModelConfig cfg = load_config(config_json);
+  cfg.quant = QuantConfig{};  // dummy weights are bf16 (then quantized as opts.quant says)
+  cfg.num_nextn_predict_layers = 0;
+  return std::make_unique<ModelImpl>(std::move(cfg), Checkpoint::synthetic(seed), opts);
 }
 
 }  // namespace dsfuse

@@ -13,15 +13,21 @@
 #include "kv/kv_cache.h"
 #include "loader/config.h"
 #include "loader/safetensors.h"
+#include "quant/quantize.h"
 
 namespace dsfuse {
 
 // Weight-loading helpers over a Checkpoint, with shape/dtype checks that name tensor and file.
+// With a QuantType, every matrix but embeddings/lm_head/router is quantized as it is loaded (the quantized
+// bytes are owned here, so the loader lives as long as the model).
 class WeightLoader {
  public:
-  WeightLoader(Checkpoint& ck, const ModelConfig& cfg) : ck_(ck), cfg_(cfg) {}
+  WeightLoader(Checkpoint& ck, const ModelConfig& cfg, QuantType quant = QuantType::None)
+      : ck_(ck), cfg_(cfg), quant_(quant) {}
   // `name` without ".weight"; N x K expected; loads FP8 scale blocks when the weight is float8.
   Linear linear(const std::string& name, int64_t N, int64_t K, bool bias = false);
+  // Like linear() but never quantized (router gates, lm_head: small or accuracy-critical).
+  Linear linear_exact(const std::string& name, int64_t N, int64_t K, bool bias = false);
   TensorView vector(const std::string& name, int64_t n);   // norms, biases: float types only
   TensorView matrix(const std::string& name, int64_t r, int64_t c);  // embeddings: float types only
   bool has(const std::string& name) const { return ck_.has(name); }
@@ -31,6 +37,8 @@ class WeightLoader {
   void check_float(const std::string& name, const TensorView& v, bool allow_fp8);
   Checkpoint& ck_;
   const ModelConfig& cfg_;
+  QuantType quant_;
+  std::vector<std::unique_ptr<Buffer>> store_;
 };
 
 struct MlpWeights {
@@ -38,7 +46,7 @@ struct MlpWeights {
 };
 
 class CausalLM;
-using ModelFactory = std::function<std::unique_ptr<CausalLM>(const ModelConfig&, Checkpoint&, Backend&)>;
+using ModelFactory = std::function<std::unique_ptr<CausalLM>(const ModelConfig&, WeightLoader&, Backend&)>;
 
 class CausalLM {
  public:
@@ -74,8 +82,8 @@ class CausalLM {
 const std::map<std::string, ModelFactory>& model_registry();
 
 // Per-family factories (models/<family>.cpp).
-std::unique_ptr<CausalLM> make_llama(const ModelConfig&, Checkpoint&, Backend&);
-std::unique_ptr<CausalLM> make_qwen2(const ModelConfig&, Checkpoint&, Backend&);
-std::unique_ptr<CausalLM> make_deepseek(const ModelConfig&, Checkpoint&, Backend&);
+std::unique_ptr<CausalLM> make_llama(const ModelConfig&, WeightLoader&, Backend&);
+std::unique_ptr<CausalLM> make_qwen2(const ModelConfig&, WeightLoader&, Backend&);
+std::unique_ptr<CausalLM> make_deepseek(const ModelConfig&, WeightLoader&, Backend&);
 
 }  // namespace dsfuse

@@ -4,9 +4,9 @@
 
 namespace dsfuse {
 
-std::unique_ptr<CausalLM> make_qwen2(const ModelConfig& cfg, Checkpoint& ck, Backend& be) {
+std::unique_ptr<CausalLM> make_qwen2(const ModelConfig& cfg, WeightLoader& wl, Backend& be) {
   DSFUSE_CHECK(cfg.qkv_bias, "Qwen2 config must enable q/k/v bias");
-  return std::make_unique<LlamaModel>(cfg, ck, be);
+  return std::make_unique<LlamaModel>(cfg, wl, be);
 }
 
 }  // namespace dsfuse

@@ -50,6 +50,17 @@ void dequantize_rows(const Linear& w, int64_t r0, int64_t r1, float* out) {
       }
       return;
     }
+    case DType::I8: {
+      const float* sc = w.scale.ptr<float>();
+      const float* zp = w.zero.empty() ? nullptr : w.zero.ptr<float>();
+      for (int64_t r = r0; r < r1; ++r) {
+        const int8_t* src = w.w.ptr<int8_t>() + r * rs;
+        const float s = sc[r], z = zp ? zp[r] : 0.0f;
+        float* dst = out + (r - r0) * K;
+        for (int64_t k = 0; k < K; ++k) dst[k] = (static_cast<float>(src[k]) - z) * s;
+      }
+      return;
+    }
     default: fail(cat("weights of dtype ", dtype_name(w.w.dtype), " are not supported"));
   }
 }
