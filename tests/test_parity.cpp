@@ -119,3 +119,22 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, QuantParity,
                          });
 
 }  // namespace
+
+// The scalar reference backend alone (no threads, no tiling) also matches Transformers.
+TEST(ReferenceBackend, MatchesTransformersOnSequence0) {
+  for (const char* name : {"llama-tiny", "deepseek-v3-tiny-fp8", "deepseek-v2-tiny"}) {
+    const auto dir = test::fixture(std::string("models/") + name);
+    if (dir.empty()) GTEST_SKIP() << "fixture models/" << name << " not found under " << test::fixtures_dir();
+    LoadOptions o;
+    o.device = "reference";
+    auto model = Model::load(dir, o);
+    SafetensorsFile ref(dir / "reference.safetensors");
+    Ref r = load_ref(ref, "ids_0", "logits_0");
+    auto seq = model->new_sequence(static_cast<int64_t>(r.ids.size()));
+    std::vector<float> out;
+    model->forward(*seq, r.ids, out, true);
+    const double e = rel_err(out, r.logits);
+    std::printf("[parity] reference backend %-22s logits_0 %.3e\n", name, e);
+    EXPECT_LE(e, std::string(name).find("fp8") != std::string::npos ? 5e-3 : 1e-4) << name;
+  }
+}

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <sstream>
 
 #include "cli.h"
@@ -107,10 +108,15 @@ int run_info(int argc, char** argv) {
   std::printf("vocab               %d\n", i.vocab_size);
   std::printf("max positions       %d\n", i.max_position_embeddings);
   std::printf("kv bytes per token  %lld (%s)\n", static_cast<long long>(i.kv_bytes_per_token), i.kv_layout.c_str());
-  std::printf("ignored tensors     %zu%s", i.ignored_tensors.size(), i.ignored_tensors.empty() ? "\n" : ":");
-  for (size_t k = 0; k < i.ignored_tensors.size(); ++k)
-    std::printf("%s%s", k % 4 == 0 ? "\n    " : "  ", i.ignored_tensors[k].c_str());
-  if (!i.ignored_tensors.empty()) std::printf("\n");
+  // Ignored tensors, grouped by layer prefix ("model.layers.61." : 67 tensors); --json lists them all.
+  std::map<std::string, int> groups;
+  for (const auto& n : i.ignored_tensors) {
+    size_t p = n.rfind("model.layers.", 0) == 0 ? n.find('.', 13) : std::string::npos;
+    groups[p == std::string::npos ? n : n.substr(0, p + 1) + "*"]++;
+  }
+  std::printf("ignored tensors     %zu", i.ignored_tensors.size());
+  for (const auto& [g, c] : groups) std::printf("  %s (%d)", g.c_str(), c);
+  std::printf("\n");
   std::printf("cpu features        %s\n", cpu_features().c_str());
   return 0;
 }

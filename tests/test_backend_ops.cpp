@@ -1,0 +1,241 @@
+// Every backend op against the scalar reference backend, parametrized over backends
+// (cpu now; cuda joins the list when built). Prints the normalized error of each op.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <set>
+
+#include "backend/backend.h"
+#include "ops/moe_routing.h"
+#include "ops/reference.h"
+#include "quant/quantize.h"
+
+using namespace dsfuse;
+
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed, float s = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, s);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+double nerr(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& name) {
+  if (name == "cpu") return make_cpu_backend(2);
+  return nullptr;
+}
+
+class BackendOps : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    be = make_backend(GetParam());
+    ref = make_reference_backend();
+  }
+  void check(const char* op, const std::vector<float>& got, const std::vector<float>& want, double tol = 1e-5) {
+    const double e = nerr(got.data(), want.data(), got.size());
+    std::printf("[ops] %-6s %-28s err %.2e\n", GetParam().c_str(), op, e);
+    EXPECT_LE(e, tol) << op;
+  }
+  std::unique_ptr<Backend> be, ref;
+};
+
+// Weights of every stored format, with the bytes kept alive by the fixture.
+struct WeightSet {
+  std::vector<float> f32;
+  std::vector<uint16_t> bf16, f16;
+  std::vector<uint8_t> f8;
+  std::vector<float> f8_scale;
+  std::vector<std::unique_ptr<Buffer>> store;
+  std::vector<std::pair<std::string, Linear>> all;
+  WeightSet(int64_t N, int64_t K, uint32_t seed) {
+    f32 = randn(N * K, seed, 0.1f);
+    for (float v : f32) bf16.push_back(f32_to_bf16(v)), f16.push_back(f32_to_f16(v));
+    Linear lf{TensorView(f32.data(), DType::F32, {N, K})};
+    Linear lb{TensorView(bf16.data(), DType::BF16, {N, K})};
+    Linear lh{TensorView(f16.data(), DType::F16, {N, K})};
+    // FP8 with 128x128 blocks and partial edge blocks.
+    const int64_t br = (N + 127) / 128, bc = (K + 127) / 128;
+    f8_scale = randn(br * bc, seed + 1, 0.001f);
+    for (auto& s : f8_scale) s = std::fabs(s) + 1e-3f;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) f8.push_back(f32_to_f8e4m3(f32[n * K + k] / f8_scale[(n / 128) * bc + k / 128]));
+    Linear l8{TensorView(f8.data(), DType::F8E4M3, {N, K}), TensorView(f8_scale.data(), DType::F32, {br, bc})};
+    all = {{"f32", lf}, {"bf16", lb}, {"f16", lh}, {"fp8-block", l8},
+           {"int8", quantize_linear(lb, QuantType::Int8, store)},
+           {"int8-asym", quantize_linear(lb, QuantType::Int8Asym, store)}};
+  }
+};
+
+TEST_P(BackendOps, Linear) {
+  for (auto [N, K, T] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {37, 130, 1}, {300, 260, 5}, {64, 64, 33}}) {
+    WeightSet ws(N, K, static_cast<uint32_t>(N * 7 + K));
+    auto bias = randn(N, 5);
+    // x with a row stride larger than K (a strided view).
+    auto xs = randn(T * (K + 3), 9);
+    TensorView x(xs.data(), DType::F32, {T, K});
+    x.stride[0] = K + 3;
+    for (auto& [name, w] : ws.all) {
+      for (bool with_bias : {false, true}) {
+        Linear l = w;
+        if (with_bias) l.bias = TensorView(bias.data(), DType::F32, {N});
+        std::vector<float> a(T * N), b(T * N);
+        be->linear(TensorView(a.data(), DType::F32, {T, N}), x, l);
+        ref->linear(TensorView(b.data(), DType::F32, {T, N}), x, l);
+        check(("linear " + name + (with_bias ? "+bias " : " ") + std::to_string(N) + "x" + std::to_string(K) + " T" +
+               std::to_string(T)).c_str(), a, b);
+      }
+    }
+  }
+}
+
+TEST_P(BackendOps, NormsActivationsRope) {
+  const int64_t T = 9, D = 96;
+  auto x = randn(T * D, 1), w = randn(D, 2);
+  std::vector<uint16_t> wb;
+  for (float v : w) wb.push_back(f32_to_bf16(v));
+  std::vector<float> a = x, b = x;  // in place (y aliases x)
+  TensorView wv(wb.data(), DType::BF16, {D});
+  be->rms_norm(TensorView(a.data(), DType::F32, {T, D}), TensorView(a.data(), DType::F32, {T, D}), wv, 1e-6f);
+  ref->rms_norm(TensorView(b.data(), DType::F32, {T, D}), TensorView(b.data(), DType::F32, {T, D}), wv, 1e-6f);
+  check("rms_norm (in place)", a, b);
+
+  auto g = randn(T * D, 3), u = randn(T * D, 4);
+  std::vector<float> sa(T * D), sb(T * D);
+  be->silu_mul(TensorView(sa.data(), DType::F32, {T, D}), TensorView(g.data(), DType::F32, {T, D}),
+               TensorView(u.data(), DType::F32, {T, D}));
+  ref->silu_mul(TensorView(sb.data(), DType::F32, {T, D}), TensorView(g.data(), DType::F32, {T, D}),
+                TensorView(u.data(), DType::F32, {T, D}));
+  check("silu_mul", sa, sb);
+
+  std::vector<float> ya = x, yb = x;
+  be->add(TensorView(ya.data(), DType::F32, {T, D}), TensorView(g.data(), DType::F32, {T, D}));
+  ref->add(TensorView(yb.data(), DType::F32, {T, D}), TensorView(g.data(), DType::F32, {T, D}));
+  check("add", ya, yb, 0);
+
+  RopeTable tab;
+  for (int i = 0; i < 8; ++i) tab.inv_freq.push_back(std::pow(10000.0f, -i / 8.0f));
+  tab.cos_sin_scale = 1.1f;
+  std::vector<int32_t> pos(T);
+  for (int64_t t = 0; t < T; ++t) pos[t] = static_cast<int32_t>(100 + 3 * t);
+  for (RopeStyle st : {RopeStyle::Neox, RopeStyle::Interleaved}) {
+    std::vector<float> ra = x, rb = x;  // [T, 4 heads, 24]: rotate dims [8, 24) of each head
+    be->rope(TensorView(ra.data(), DType::F32, {T, 4, 24}), 8, tab, st, pos.data());
+    ref->rope(TensorView(rb.data(), DType::F32, {T, 4, 24}), 8, tab, st, pos.data());
+    check(st == RopeStyle::Neox ? "rope neox" : "rope interleaved", ra, rb);
+    // Rope preserves the norm of each rotated pair up to the scale and leaves other dims alone.
+    EXPECT_EQ(ra[0], x[0]);
+  }
+}
+
+TEST_P(BackendOps, Attention) {
+  const int64_t T = 5, past = 7, S = past + T, Hq = 6, Hkv = 2, D = 16, Dv = 12;
+  auto q = randn(T * Hq * D, 1), k = randn(S * Hkv * D, 2), v = randn(S * Hkv * Dv, 3);
+  std::vector<float> a(T * Hq * Dv), b(T * Hq * Dv);
+  TensorView qv(q.data(), DType::F32, {T, Hq, D}), kv(k.data(), DType::F32, {S, Hkv, D}), vv(v.data(), DType::F32, {S, Hkv, Dv});
+  be->attention(TensorView(a.data(), DType::F32, {T, Hq, Dv}), qv, kv, vv, past, 0.25f);
+  ref->attention(TensorView(b.data(), DType::F32, {T, Hq, Dv}), qv, kv, vv, past, 0.25f);
+  check("attention gqa causal", a, b);
+}
+
+TEST_P(BackendOps, MlaAttention) {
+  const int64_t T = 4, past = 6, S = past + T, H = 3, Dn = 8, R = 6, Dv = 10, C = 20;
+  auto qn = randn(T * H * Dn, 1), qp = randn(T * H * R, 2), lat = randn(S * C, 3), kpe = randn(S * R, 4);
+  WeightSet ws(H * (Dn + Dv), C, 5);
+  for (auto& [name, w] : ws.all) {
+    std::vector<float> a(T * H * Dv), b(T * H * Dv);
+    TensorView qnv(qn.data(), DType::F32, {T, H, Dn}), qpv(qp.data(), DType::F32, {T, H, R});
+    be->mla_attention(TensorView(a.data(), DType::F32, {T, H, Dv}), qnv, qpv, TensorView(lat.data(), DType::F32, {S, C}),
+                      TensorView(kpe.data(), DType::F32, {S, R}), w, past, 0.3f);
+    ref->mla_attention(TensorView(b.data(), DType::F32, {T, H, Dv}), qnv, qpv, TensorView(lat.data(), DType::F32, {S, C}),
+                       TensorView(kpe.data(), DType::F32, {S, R}), w, past, 0.3f);
+    check(("mla_attention kv_b " + name).c_str(), a, b);
+  }
+}
+
+TEST_P(BackendOps, MoeRoutingAndExperts) {
+  const int64_t T = 11, Hd = 24, I = 16, E = 8;
+  auto logits = randn(T * E, 1), bias = randn(E, 2, 0.5f);
+  for (auto method : {RouterParams::Method::Greedy, RouterParams::Method::GroupLimitedGreedy, RouterParams::Method::NoauxTc}) {
+    RouterParams p;
+    p.n_experts = E;
+    p.top_k = 3;
+    p.n_group = 4;
+    p.topk_group = 2;
+    p.method = method;
+    p.sigmoid = method == RouterParams::Method::NoauxTc;
+    p.norm_topk_prob = p.sigmoid;
+    p.routed_scaling_factor = 2.5f;
+    std::vector<int32_t> ia(T * 3), ib(T * 3);
+    std::vector<float> wa(T * 3), wb(T * 3);
+    TensorView bv = p.sigmoid ? TensorView(bias.data(), DType::F32, {E}) : TensorView();
+    be->moe_route(TensorView(ia.data(), DType::I32, {T, 3}), TensorView(wa.data(), DType::F32, {T, 3}),
+                  TensorView(logits.data(), DType::F32, {T, E}), bv, p);
+    ref->moe_route(TensorView(ib.data(), DType::I32, {T, 3}), TensorView(wb.data(), DType::F32, {T, 3}),
+                   TensorView(logits.data(), DType::F32, {T, E}), bv, p);
+    EXPECT_EQ(ia, ib);
+    check("moe_route", wa, wb, 0);
+    for (int64_t t = 0; t < T; ++t) {
+      // Chosen experts are distinct and, for grouped methods, come from at most topk_group groups.
+      std::set<int> ex(ia.begin() + t * 3, ia.begin() + t * 3 + 3), groups;
+      EXPECT_EQ(ex.size(), 3u);
+      for (int e : ex) groups.insert(e / 2);
+      if (method != RouterParams::Method::Greedy) EXPECT_LE(groups.size(), 2u);
+    }
+    if (method == RouterParams::Method::NoauxTc) {
+      // Normalised weights times the routed scaling factor sum to the factor.
+      for (int64_t t = 0; t < T; ++t) EXPECT_NEAR(wa[t * 3] + wa[t * 3 + 1] + wa[t * 3 + 2], 2.5f, 1e-5);
+    }
+  }
+  // Experts: gathered-per-expert CPU path vs per-token reference loop.
+  std::vector<std::unique_ptr<WeightSet>> keep;
+  std::vector<ExpertWeights> experts;
+  for (int e = 0; e < E; ++e) {
+    keep.push_back(std::make_unique<WeightSet>(I, Hd, 10 + e));
+    keep.push_back(std::make_unique<WeightSet>(I, Hd, 30 + e));
+    keep.push_back(std::make_unique<WeightSet>(Hd, I, 50 + e));
+    experts.push_back({keep[keep.size() - 3]->all[1].second, keep[keep.size() - 2]->all[1].second,
+                       keep[keep.size() - 1]->all[1].second});
+  }
+  auto x = randn(T * Hd, 7);
+  std::vector<int32_t> ids(T * 2);
+  std::vector<float> w(T * 2);
+  for (int64_t t = 0; t < T; ++t) ids[t * 2] = t % E, ids[t * 2 + 1] = (t * 3 + 1) % E, w[t * 2] = 0.7f, w[t * 2 + 1] = 0.3f;
+  std::vector<float> a(T * Hd), b(T * Hd);
+  be->moe_experts(TensorView(a.data(), DType::F32, {T, Hd}), TensorView(x.data(), DType::F32, {T, Hd}),
+                  TensorView(ids.data(), DType::I32, {T, 2}), TensorView(w.data(), DType::F32, {T, 2}), experts);
+  ref->moe_experts(TensorView(b.data(), DType::F32, {T, Hd}), TensorView(x.data(), DType::F32, {T, Hd}),
+                   TensorView(ids.data(), DType::I32, {T, 2}), TensorView(w.data(), DType::F32, {T, 2}), experts);
+  check("moe_experts", a, b);
+}
+
+TEST_P(BackendOps, EmbeddingAndCopyRows) {
+  const int64_t V = 10, Hd = 7;
+  WeightSet ws(V, Hd, 3);
+  std::vector<int32_t> ids = {3, 0, 9, 3};
+  std::vector<float> a(4 * Hd), b(4 * Hd);
+  be->embedding(TensorView(a.data(), DType::F32, {4, Hd}), ws.all[1].second.w, ids.data(), 4);
+  ref->embedding(TensorView(b.data(), DType::F32, {4, Hd}), ws.all[1].second.w, ids.data(), 4);
+  check("embedding bf16", a, b, 0);
+  std::vector<float> dst(6 * Hd, 0.0f);
+  be->copy_rows(TensorView(dst.data(), DType::F32, {6, Hd}), 2, TensorView(a.data(), DType::F32, {4, Hd}));
+  EXPECT_EQ(dst[2 * Hd], a[0]);
+  EXPECT_EQ(dst[5 * Hd + Hd - 1], a[4 * Hd - 1]);
+  EXPECT_EQ(dst[Hd], 0.0f);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, ::testing::Values("cpu"));
+
+}  // namespace
