@@ -52,11 +52,11 @@ int run_jsonl(const dsfuse::tok::Tokenizer& tok, const std::string& path, bool a
     }
     DSFUSE_CHECK(j.is_object() && j.contains("text") && j["text"].is_string(), path, ":", lineno,
                  ": expected an object with a string field \"text\"");
-    auto ids = tok.encode(j["text"].get_ref<const std::string&>(), add_special);
+    auto enc = tok.encode_full(j["text"].get_ref<const std::string&>(), add_special);
     json out;
-    out["ids"] = ids;
-    out["tokens"] = tok.id_to_token(ids);
-    out["decoded"] = tok.decode(ids, false);
+    out["ids"] = enc.ids;
+    out["tokens"] = enc.tokens;
+    out["decoded"] = tok.decode(enc.ids, false);
     std::string s = out.dump(-1, ' ', false, json::error_handler_t::replace);
     std::fwrite(s.data(), 1, s.size(), stdout);
     std::fputc('\n', stdout);
@@ -65,10 +65,11 @@ int run_jsonl(const dsfuse::tok::Tokenizer& tok, const std::string& path, bool a
 }
 
 int run_text(const dsfuse::tok::Tokenizer& tok, const std::string& text, bool add_special) {
-  auto ids = tok.encode(text, add_special);
+  auto enc = tok.encode_full(text, add_special);
+  const auto& ids = enc.ids;
   std::printf("%zu tokens\n", ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
-    json t = tok.id_to_token(ids[i]);
+    json t = enc.tokens[i];
     std::printf("%6zu  %8d  %s%s\n", i, ids[i], t.dump(-1, ' ', false, json::error_handler_t::replace).c_str(),
                 tok.is_special(ids[i]) ? "  (special)" : "");
   }

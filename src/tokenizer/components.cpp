@@ -135,10 +135,46 @@ std::string regex_escape(std::string_view s) {
   return out;
 }
 
+std::string onig_to_pcre2(std::string_view p) {
+  static const char* kWord = "\\p{L}\\p{M}\\p{N}\\p{Pc}";
+  static const char* kSpace = "\\t-\\r\\x{85}\\p{Z}";
+  std::string out;
+  int depth = 0;  // character class nesting
+  for (size_t i = 0; i < p.size(); ++i) {
+    char c = p[i];
+    if (c == '\\' && i + 1 < p.size()) {
+      char n = p[++i];
+      const char* cls = (n == 'w' || n == 'W') ? kWord : (n == 's' || n == 'S') ? kSpace : nullptr;
+      bool neg = n == 'W' || n == 'S';
+      if (!cls || (depth > 0 && neg)) {
+        out.push_back('\\');
+        out.push_back(n);
+      } else if (depth > 0) {
+        out += cls;
+      } else {
+        out += neg ? "[^" : "[";
+        out += cls;
+        out += "]";
+      }
+      continue;
+    }
+    if (c == '[') {
+      ++depth;
+      out.push_back(c);
+      if (i + 1 < p.size() && p[i + 1] == '^') out.push_back(p[++i]);
+      if (i + 1 < p.size() && p[i + 1] == ']') out.push_back(p[++i]);  // literal ] first in a class
+      continue;
+    }
+    if (c == ']' && depth > 0) --depth;
+    out.push_back(c);
+  }
+  return out;
+}
+
 std::unique_ptr<Regex> make_pattern(const json& pattern, const Ctx& ctx) {
   DSFUSE_CHECK(pattern.is_object(), ctx.where(), ": pattern must be an object {\"Regex\": ...} or {\"String\": ...}");
   if (auto it = pattern.find("Regex"); it != pattern.end() && it->is_string())
-    return std::make_unique<Regex>(it->get<std::string>(), ctx);
+    return std::make_unique<Regex>(onig_to_pcre2(it->get<std::string>()), ctx);
   if (auto it = pattern.find("String"); it != pattern.end() && it->is_string()) {
     std::string lit = it->get<std::string>();
     if (lit.empty()) return nullptr;  // never matches
@@ -154,8 +190,8 @@ namespace {
 class SequenceNormalizer : public Normalizer {
  public:
   std::vector<std::unique_ptr<Normalizer>> items;
-  void normalize(std::string& s) const override {
-    for (auto& n : items) n->normalize(s);
+  void normalize(std::string& s, bool& at_start) const override {
+    for (auto& n : items) n->normalize(s, at_start);
   }
 };
 
@@ -168,7 +204,7 @@ bool is_ascii(std::string_view s) {
 class UnicodeNormalizer : public Normalizer {
  public:
   explicit UnicodeNormalizer(int options) : options_(options) {}
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, bool& at_start) const override {
     if (is_ascii(s)) return;
     utf8proc_uint8_t* out = nullptr;
     utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()), utf8proc_ssize_t(s.size()),
@@ -184,7 +220,7 @@ class UnicodeNormalizer : public Normalizer {
 
 class LowercaseNormalizer : public Normalizer {
  public:
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, bool& at_start) const override {
     std::string out;
     out.reserve(s.size());
     size_t i = 0;
@@ -202,7 +238,7 @@ class LowercaseNormalizer : public Normalizer {
 
 class StripAccentsNormalizer : public Normalizer {
  public:
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, bool& at_start) const override {
     std::string out;
     size_t i = 0;
     while (i < s.size()) {
@@ -219,7 +255,7 @@ class StripNormalizer : public Normalizer {
  public:
   bool left, right;
   StripNormalizer(bool l, bool r) : left(l), right(r) {}
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, bool& at_start) const override {
     size_t b = 0, e = s.size();
     if (left) {
       while (b < e) {
@@ -237,6 +273,7 @@ class StripNormalizer : public Normalizer {
         e = st;
       }
     }
+    if (b > 0) at_start = false;
     s = s.substr(b, e - b);
   }
 };
@@ -245,15 +282,27 @@ class ReplaceNormalizer : public Normalizer {
  public:
   std::unique_ptr<Regex> re;
   std::string content;
-  void normalize(std::string& s) const override {
-    if (re) s = re->replace_all(s, content);
+  void normalize(std::string& s, bool& at_start) const override {
+    if (!re || s.empty()) return;
+    Matches m;
+    re->find_matches(s, m);
+    if (m.size() == 1 && !m[0].second) return;
+    if (m[0].second) at_start = false;
+    std::string out;
+    for (auto& [o, is_match] : m) {
+      if (is_match)
+        out.append(content);
+      else
+        out.append(s, o.first, o.second - o.first);
+    }
+    s.swap(out);
   }
 };
 
 class PrependNormalizer : public Normalizer {
  public:
   std::string prepend;
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, bool& at_start) const override {
     if (!s.empty()) s.insert(0, prepend);
   }
 };
@@ -576,7 +625,10 @@ static std::unique_ptr<PreTokenizer> make_pre(const json& j, const Ctx& ctx, boo
   if (t == "WhitespaceSplit") return std::make_unique<WhitespaceSplitPre>();
   if (t == "Whitespace") {
     auto s = std::make_unique<SplitPre>();
-    s->re = std::make_unique<Regex>(R"(\w+|[^\w\s]+)", ctx);
+    // the library uses the regex crate here: \w = Alphabetic, M, Nd, Pc, Join_Control; \s = White_Space
+    s->re = std::make_unique<Regex>(
+        R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]+|[^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}\t-\r\x{85}\p{Z}]+)",
+        ctx);
     s->behavior = Behavior::Removed;
     s->invert = true;
     return s;
@@ -790,14 +842,14 @@ namespace {
 
 class NoopPost : public PostProcessor {
  public:
-  void process(std::vector<int32_t>&) const override {}
+  void process(std::vector<int32_t>&, std::vector<std::string>*) const override {}
 };
 
 class SequencePost : public PostProcessor {
  public:
   std::vector<std::unique_ptr<PostProcessor>> items;
-  void process(std::vector<int32_t>& ids) const override {
-    for (auto& p : items) p->process(ids);
+  void process(std::vector<int32_t>& ids, std::vector<std::string>* tokens) const override {
+    for (auto& p : items) p->process(ids, tokens);
   }
 };
 
@@ -805,16 +857,22 @@ class SequencePost : public PostProcessor {
 class WrapPost : public PostProcessor {
  public:
   std::vector<int32_t> prefix, suffix;
-  void process(std::vector<int32_t>& ids) const override {
+  std::vector<std::string> prefix_tok, suffix_tok;
+  void process(std::vector<int32_t>& ids, std::vector<std::string>* tokens) const override {
     if (!prefix.empty()) ids.insert(ids.begin(), prefix.begin(), prefix.end());
     ids.insert(ids.end(), suffix.begin(), suffix.end());
+    if (tokens) {
+      tokens->insert(tokens->begin(), prefix_tok.begin(), prefix_tok.end());
+      tokens->insert(tokens->end(), suffix_tok.begin(), suffix_tok.end());
+    }
   }
 };
 
-int32_t pair_id(const json& j, const Ctx& ctx, const char* field) {
-  DSFUSE_CHECK(j.is_array() && j.size() == 2 && j[1].is_number_integer(), ctx.where(), ": '", field,
-               "' must be [token, id]");
-  return j[1].get<int32_t>();
+void add_pair(const json& j, const Ctx& ctx, const char* field, std::vector<int32_t>& ids, std::vector<std::string>& toks) {
+  DSFUSE_CHECK(j.is_array() && j.size() == 2 && j[0].is_string() && j[1].is_number_integer(), ctx.where(), ": '",
+               field, "' must be [token, id]");
+  toks.push_back(j[0].get<std::string>());
+  ids.push_back(j[1].get<int32_t>());
 }
 
 }  // namespace
@@ -834,8 +892,8 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const Ctx& ctx
   if (t == "BertProcessing" || t == "RobertaProcessing") {
     auto w = std::make_unique<WrapPost>();
     DSFUSE_CHECK(j.contains("cls") && j.contains("sep"), ctx.where(), ": ", t, " needs 'cls' and 'sep'");
-    w->prefix.push_back(pair_id(j["cls"], ctx, "cls"));
-    w->suffix.push_back(pair_id(j["sep"], ctx, "sep"));
+    add_pair(j["cls"], ctx, "cls", w->prefix, w->prefix_tok);
+    add_pair(j["sep"], ctx, "sep", w->suffix, w->suffix_tok);
     return w;
   }
   if (t == "TemplateProcessing") {
@@ -860,9 +918,15 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const Ctx& ctx
                    "' of the template is missing from 'special_tokens'");
       const json& sp = (*specials)[name];
       DSFUSE_CHECK(sp.contains("ids") && sp["ids"].is_array(), ctx.where(), ".special_tokens.", name, ": needs 'ids'");
-      for (auto& id : sp["ids"]) {
-        DSFUSE_CHECK(id.is_number_integer(), ctx.where(), ".special_tokens.", name, ": ids must be integers");
+      DSFUSE_CHECK(sp.contains("tokens") && sp["tokens"].is_array() && sp["tokens"].size() == sp["ids"].size(),
+                   ctx.where(), ".special_tokens.", name, ": needs 'tokens' as long as 'ids'");
+      for (size_t k = 0; k < sp["ids"].size(); ++k) {
+        const json& id = sp["ids"][k];
+        const json& tk = sp["tokens"][k];
+        DSFUSE_CHECK(id.is_number_integer() && tk.is_string(), ctx.where(), ".special_tokens.", name,
+                     ": ids must be integers and tokens strings");
         (seen_seq ? w->suffix : w->prefix).push_back(id.get<int32_t>());
+        (seen_seq ? w->suffix_tok : w->prefix_tok).push_back(tk.get<std::string>());
       }
     }
     return w;

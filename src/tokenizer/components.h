@@ -39,6 +39,8 @@ class Regex {
 };
 
 std::string regex_escape(std::string_view s);
+// Rewrites Oniguruma's Unicode \w \W \s \S (what the library's Split regexes mean) for PCRE2.
+std::string onig_to_pcre2(std::string_view pattern);
 
 // Either a Regex or a literal String pattern (compiled to an escaped regex, as the library does).
 std::unique_ptr<Regex> make_pattern(const nlohmann::json& pattern, const Ctx& ctx);
@@ -64,7 +66,13 @@ struct Pieces {
 class Normalizer {
  public:
   virtual ~Normalizer() = default;
-  virtual void normalize(std::string& s) const = 0;
+  // at_start: the text starts at original offset 0; cleared when the first char no longer maps there
+  // (needed by Metaspace prepend_scheme "first").
+  virtual void normalize(std::string& s, bool& at_start) const = 0;
+  void normalize(std::string& s) const {
+    bool a = false;
+    normalize(s, a);
+  }
 };
 std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j, const Ctx& ctx);  // null for json null
 
@@ -90,7 +98,8 @@ std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j, const Ctx& ctx);
 class PostProcessor {
  public:
   virtual ~PostProcessor() = default;
-  virtual void process(std::vector<int32_t>& ids) const = 0;
+  // tokens may be null (ids only)
+  virtual void process(std::vector<int32_t>& ids, std::vector<std::string>* tokens) const = 0;
 };
 std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& j, const Ctx& ctx);
 

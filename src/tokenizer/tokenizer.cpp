@@ -20,6 +20,7 @@ using json = nlohmann::json;
 
 struct AddedToken {
   std::string content;
+  std::string display;  // id -> token string: the normalized content for normalized tokens (as the library)
   int32_t id = 0;
   bool special = false, lstrip = false, rstrip = false, normalized = true, single_word = false;
 };
@@ -104,11 +105,12 @@ struct TokenizerImpl {
     int32_t added_index;  // -1: text
   };
   void split_added(std::string_view s, const AddedTrie& trie, std::vector<Seg>& out) const;
-  void encode_text(std::string_view s, bool at_start, std::vector<int32_t>& ids) const;
-  void model_pieces(std::string text, bool at_start, std::vector<int32_t>& ids) const;
+  void encode_text(std::string_view s, bool at_start, std::vector<int32_t>& ids, std::vector<std::string>* toks) const;
+  void model_pieces(std::string text, bool at_start, std::vector<int32_t>& ids, std::vector<std::string>* toks) const;
+  void encode(std::string_view text, bool add_special, std::vector<int32_t>& ids, std::vector<std::string>* toks) const;
   const std::string* token_of(int32_t id) const {
     auto it = added_by_id.find(id);
-    if (it != added_by_id.end()) return &added[it->second].content;
+    if (it != added_by_id.end()) return &added[it->second].display;
     return model->id_to_token(id);
   }
 };
@@ -122,13 +124,18 @@ static uint32_t last_cp(std::string_view s) {
   return utf8_next(s, i);
 }
 
-// Rust regex \w: alphanumeric, marks, connector punctuation.
+// Rust regex \w (what the library's single_word check uses): Alphabetic, marks, Nd, Pc, Join_Control.
 static bool is_word_cp(uint32_t cp) {
-  if (cp == '_' || is_alphanumeric_cp(cp)) return true;
-  if (cp < 0x80) return false;
-  auto c = utf8proc_category(utf8proc_int32_t(cp));
-  return c == UTF8PROC_CATEGORY_MN || c == UTF8PROC_CATEGORY_MC || c == UTF8PROC_CATEGORY_ME ||
-         c == UTF8PROC_CATEGORY_PC;
+  if (cp < 0x80) return cp == '_' || (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z');
+  if (cp == 0x200c || cp == 0x200d) return true;
+  switch (utf8proc_category(utf8proc_int32_t(cp))) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT: case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC:
+    case UTF8PROC_CATEGORY_ME: case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_PC:
+      return true;
+    default:
+      return false;
+  }
 }
 
 void TokenizerImpl::split_added(std::string_view s, const AddedTrie& trie, std::vector<Seg>& out) const {
@@ -169,61 +176,92 @@ void TokenizerImpl::split_added(std::string_view s, const AddedTrie& trie, std::
   if (start_offset < s.size()) out.push_back({start_offset, s.size(), -1});
 }
 
-void TokenizerImpl::model_pieces(std::string text, bool at_start, std::vector<int32_t>& ids) const {
+void TokenizerImpl::model_pieces(std::string text, bool at_start, std::vector<int32_t>& ids,
+                                 std::vector<std::string>* toks) const {
   if (text.empty()) return;
   Pieces p;
   p.buf = std::move(text);
   p.v.push_back({0, uint32_t(p.buf.size()), at_start});
   if (pre) pre->pre_tokenize(p);
+  size_t first = ids.size();
   for (const Piece& pc : p.v) model->tokenize(p.view(pc), defer_bytes, ids);
+  if (toks)
+    for (size_t i = first; i < ids.size(); ++i) toks->push_back(*model->id_to_token(ids[i]));
 }
 
-void TokenizerImpl::encode_text(std::string_view s, bool at_start, std::vector<int32_t>& ids) const {
+void TokenizerImpl::encode_text(std::string_view s, bool at_start, std::vector<int32_t>& ids,
+                                std::vector<std::string>* toks) const {
   std::string norm(s);
-  if (normalizer) normalizer->normalize(norm);
+  if (normalizer) normalizer->normalize(norm, at_start);
   if (trie_norm.empty()) {
-    model_pieces(std::move(norm), at_start, ids);
+    model_pieces(std::move(norm), at_start, ids, toks);
     return;
   }
   std::vector<Seg> segs;
   split_added(norm, trie_norm, segs);
   for (const Seg& g : segs) {
-    if (g.added_index >= 0)
+    if (g.added_index >= 0) {
       ids.push_back(added[size_t(g.added_index)].id);
-    else
-      model_pieces(norm.substr(g.b, g.e - g.b), at_start && g.b == 0, ids);
+      if (toks) toks->push_back(norm.substr(g.b, g.e - g.b));
+    } else {
+      model_pieces(norm.substr(g.b, g.e - g.b), at_start && g.b == 0, ids, toks);
+    }
   }
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
-  const TokenizerImpl& m = *impl_;
+  std::vector<int32_t> ids;
+  impl_->encode(text, add_special_tokens, ids, nullptr);
+  return ids;
+}
+
+Encoding Tokenizer::encode_full(std::string_view text, bool add_special_tokens) const {
+  Encoding e;
+  impl_->encode(text, add_special_tokens, e.ids, &e.tokens);
+  return e;
+}
+
+std::vector<int32_t> Tokenizer::post_process(std::vector<int32_t> ids) const {
+  impl_->post->process(ids, nullptr);
+  return ids;
+}
+
+void TokenizerImpl::encode(std::string_view text, bool add_special_tokens, std::vector<int32_t>& ids,
+                           std::vector<std::string>* toks) const {
+  const TokenizerImpl& m = *this;
   size_t bad = utf8_invalid_offset(text);
   DSFUSE_CHECK(bad == std::string_view::npos, "encode: input text is not valid UTF-8 (invalid byte 0x", std::hex,
                int(static_cast<unsigned char>(text[bad])), std::dec, " at offset ", bad, ")");
   DSFUSE_CHECK(text.size() < (size_t(1) << 31), "encode: input text of ", text.size(), " bytes is too long (max 2 GiB)");
-  std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 4);
   if (m.trie_raw.empty()) {
-    m.encode_text(text, true, ids);
+    m.encode_text(text, true, ids, toks);
   } else {
     std::vector<TokenizerImpl::Seg> segs;
     m.split_added(text, m.trie_raw, segs);
     for (const auto& g : segs) {
-      if (g.added_index >= 0)
+      if (g.added_index >= 0) {
         ids.push_back(m.added[size_t(g.added_index)].id);
-      else
-        m.encode_text(text.substr(g.b, g.e - g.b), g.b == 0, ids);
+        if (toks) toks->emplace_back(text.substr(g.b, g.e - g.b));
+      } else {
+        m.encode_text(text.substr(g.b, g.e - g.b), g.b == 0, ids, toks);
+      }
     }
   }
   if (add_special_tokens) {
     if (m.config_policy) {
-      if (m.add_bos) ids.insert(ids.begin(), *m.bos_id);
-      if (m.add_eos) ids.push_back(*m.eos_id);
+      if (m.add_bos) {
+        ids.insert(ids.begin(), *m.bos_id);
+        if (toks) toks->insert(toks->begin(), *m.bos_tok);
+      }
+      if (m.add_eos) {
+        ids.push_back(*m.eos_id);
+        if (toks) toks->push_back(*m.eos_tok);
+      }
     } else {
-      m.post->process(ids);
+      m.post->process(ids, toks);
     }
   }
-  return ids;
 }
 
 // ------------------------------------------------------------------------------------------------ decode
@@ -237,7 +275,7 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
     if (it != m.added_by_id.end()) {
       const AddedToken& t = m.added[it->second];
       if (skip_special_tokens && t.special) continue;
-      toks.push_back(t.content);
+      toks.push_back(t.display);
       continue;
     }
     const std::string* t = m.model->id_to_token(id);
@@ -406,13 +444,13 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     }
   }
   for (size_t i = 0; i < m.added.size(); ++i) {
-    const AddedToken& a = m.added[i];
+    AddedToken& a = m.added[i];
+    a.display = a.content;
     if (!a.normalized) {
       m.trie_raw.add(a.content, int32_t(i));
     } else {
-      std::string c = a.content;
-      if (m.normalizer) m.normalizer->normalize(c);
-      m.trie_norm.add(c, int32_t(i));
+      if (m.normalizer) m.normalizer->normalize(a.display);
+      m.trie_norm.add(a.display, int32_t(i));
     }
   }
 

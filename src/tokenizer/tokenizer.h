@@ -19,6 +19,13 @@ namespace dsfuse::tok {
 
 struct TokenizerImpl;
 
+// ids with their token strings as the library's Encoding.tokens: the vocabulary string of each model
+// token, the matched text of an added token (including whitespace taken by lstrip/rstrip).
+struct Encoding {
+  std::vector<int32_t> ids;
+  std::vector<std::string> tokens;
+};
+
 class Tokenizer {
  public:
   // DIR holding tokenizer.json (and optionally tokenizer_config.json), or the tokenizer.json file itself.
@@ -34,6 +41,9 @@ class Tokenizer {
   // add_special_tokens: apply the BOS/EOS policy of tokenizer_config.json (add_bos_token/add_eos_token)
   // when it sets one, else the post-processor of tokenizer.json (TemplateProcessing etc.).
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const;
+  Encoding encode_full(std::string_view text, bool add_special_tokens) const;
+  // tokenizer.json's post-processor alone (what the library returns with add_special_tokens=true).
+  std::vector<int32_t> post_process(std::vector<int32_t> ids) const;
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
   // Token strings of ids (added tokens first, then the model vocabulary), as Encoding.tokens.
