@@ -34,7 +34,40 @@ void MergeTable::put(int32_t a, int32_t b, int32_t rank, int32_t id) {
   t_[i] = Entry{k, rank, id};  // a repeated pair keeps the last rank, like the library's HashMap collect
 }
 
-std::unique_ptr<BpeModel> BpeModel::load(const json& m, const Ctx& ctx) {
+void StrIdMap::reserve(size_t n) {
+  size_t cap = 16;
+  while (cap < n * 2 + 1) cap <<= 1;
+  slots_.assign(cap, Slot{0, 0});
+  mask_ = cap - 1;
+  keys_.reserve(n);
+  vals_.reserve(n);
+}
+
+void StrIdMap::put(std::string_view k, int32_t v) {
+  if ((keys_.size() + 1) * 2 > slots_.size()) {
+    std::vector<std::string_view> keys;
+    std::vector<int32_t> vals;
+    keys.swap(keys_);
+    vals.swap(vals_);
+    reserve(std::max<size_t>(16, keys.size() * 2));
+    for (size_t i = 0; i < keys.size(); ++i) put(keys[i], vals[i]);
+  }
+  uint64_t h = hash(k);
+  uint32_t tag = uint32_t(h >> 32) | 1u;
+  size_t i = size_t(h) & mask_;
+  while (slots_[i].tag != 0) {
+    if (slots_[i].tag == tag && keys_[slots_[i].idx] == k) {
+      vals_[slots_[i].idx] = v;
+      return;
+    }
+    i = (i + 1) & mask_;
+  }
+  slots_[i] = Slot{tag, uint32_t(keys_.size())};
+  keys_.push_back(k);
+  vals_.push_back(v);
+}
+
+std::unique_ptr<BpeModel> BpeModel::load(const json& m, BpeData&& d, const Ctx& ctx) {
   auto bpe = std::make_unique<BpeModel>();
   DSFUSE_CHECK(m.is_object(), ctx.where(), ": model must be an object");
   if (auto it = m.find("dropout"); it != m.end() && !it->is_null()) {
@@ -59,70 +92,57 @@ std::unique_ptr<BpeModel> BpeModel::load(const json& m, const Ctx& ctx) {
   bpe->byte_fallback_ = bool_opt("byte_fallback");
   bpe->ignore_merges_ = bool_opt("ignore_merges");
 
-  auto vit = m.find("vocab");
-  DSFUSE_CHECK(vit != m.end() && vit->is_object(), ctx.where(), ".vocab: missing or not an object");
-  bpe->vocab_.reserve(vit->size() * 2);
+  DSFUSE_CHECK(d.has_vocab, ctx.where(), ".vocab: ", m.contains("vocab") ? "must be an object" : "missing");
+  DSFUSE_CHECK(d.has_merges, ctx.where(), ".merges: ", m.contains("merges") ? "must be an array" : "missing");
+  bpe->arena_ = std::move(d.arena);
+  auto view = [&](StrRef r) { return std::string_view(bpe->arena_).substr(r.off, r.len); };
+  bpe->vocab_.reserve(d.vocab.size());
   int32_t max_id = -1;
-  for (auto it = vit->begin(); it != vit->end(); ++it) {
-    DSFUSE_CHECK(it.value().is_number_integer(), ctx.where(), ".vocab[\"", it.key(), "\"]: id must be an integer");
-    int64_t id = it.value().get<int64_t>();
-    DSFUSE_CHECK(id >= 0 && id < (1LL << 30), ctx.where(), ".vocab[\"", it.key(), "\"]: id ", id, " out of range");
-    bpe->vocab_.emplace(it.key(), int32_t(id));
-    max_id = std::max(max_id, int32_t(id));
+  for (const auto& e : d.vocab) {
+    DSFUSE_CHECK(e.id >= 0 && e.id < (1LL << 30), ctx.where(), ".vocab[\"", view(e.tok), "\"]: id ", e.id,
+                 " out of range");
+    bpe->vocab_.put(view(e.tok), int32_t(e.id));
+    max_id = std::max(max_id, int32_t(e.id));
   }
   bpe->id_to_tok_.resize(size_t(max_id + 1));
   bpe->has_id_.assign(size_t(max_id + 1), 0);
-  for (auto& [tok, id] : bpe->vocab_) {
-    bpe->id_to_tok_[size_t(id)] = tok;
-    bpe->has_id_[size_t(id)] = 1;
+  for (const auto& e : d.vocab) {
+    bpe->id_to_tok_[size_t(e.id)] = view(e.tok);
+    bpe->has_id_[size_t(e.id)] = 1;
   }
 
   std::string unk = str_opt("unk_token");
   if (!unk.empty()) {
-    auto it = bpe->vocab_.find(unk);
-    DSFUSE_CHECK(it != bpe->vocab_.end(), ctx.where(), ".unk_token: '", unk, "' is not in the vocab");
-    bpe->unk_id_ = it->second;
+    const int32_t* u = bpe->vocab_.find(unk);
+    DSFUSE_CHECK(u, ctx.where(), ".unk_token: '", unk, "' is not in the vocab");
+    bpe->unk_id_ = *u;
   }
 
   const auto& alpha = ByteLevelAlphabet::get();
   bpe->byte_ids_complete_ = true;
   for (int b = 0; b < 256; ++b) {
-    auto it = bpe->vocab_.find(alpha.byte_to_utf8[size_t(b)]);
-    bpe->byte_ids_[b] = it == bpe->vocab_.end() ? -1 : it->second;
-    if (bpe->byte_ids_[b] < 0) bpe->byte_ids_complete_ = false;
+    const int32_t* v = bpe->vocab_.find(alpha.byte_to_utf8[size_t(b)]);
+    bpe->byte_ids_[b] = v ? *v : -1;
+    if (!v) bpe->byte_ids_complete_ = false;
   }
 
-  auto mit = m.find("merges");
-  DSFUSE_CHECK(mit != m.end() && mit->is_array(), ctx.where(), ".merges: missing or not an array");
-  bpe->merges_.reserve(mit->size());
+  bpe->merges_.reserve(d.merges.size());
   std::string merged;
-  for (size_t r = 0; r < mit->size(); ++r) {
-    const json& e = (*mit)[r];
-    std::string_view a, b;
-    if (e.is_string()) {
-      const std::string& s = e.get_ref<const std::string&>();
-      size_t sp = s.find(' ');
-      DSFUSE_CHECK(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos, ctx.where(), ".merges[", r,
-                   "]: '", s, "' is not two tokens separated by one space");
-      a = std::string_view(s).substr(0, sp);
-      b = std::string_view(s).substr(sp + 1);
-    } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
-      a = e[0].get_ref<const std::string&>();
-      b = e[1].get_ref<const std::string&>();
-    } else {
-      fail(cat(ctx.where(), ".merges[", r, "]: expected \"a b\" or [\"a\", \"b\"]"));
-    }
-    auto ia = bpe->vocab_.find(a), ib = bpe->vocab_.find(b);
-    DSFUSE_CHECK(ia != bpe->vocab_.end(), ctx.where(), ".merges[", r, "]: token '", a, "' is not in the vocab");
-    DSFUSE_CHECK(ib != bpe->vocab_.end(), ctx.where(), ".merges[", r, "]: token '", b, "' is not in the vocab");
+  for (size_t r = 0; r < d.merges.size(); ++r) {
+    const auto& e = d.merges[r];
+    DSFUSE_CHECK(e.ok, ctx.where(), ".merges[", r, "]: expected \"a b\" (two tokens separated by one space) or [\"a\", \"b\"]");
+    std::string_view a = view(e.a), b = view(e.b);
+    const int32_t* ia = bpe->vocab_.find(a);
+    const int32_t* ib = bpe->vocab_.find(b);
+    DSFUSE_CHECK(ia, ctx.where(), ".merges[", r, "]: token '", a, "' is not in the vocab");
+    DSFUSE_CHECK(ib, ctx.where(), ".merges[", r, "]: token '", b, "' is not in the vocab");
     merged.assign(a);
     std::string_view bb = b;
     if (!bpe->prefix_.empty() && bb.substr(0, bpe->prefix_.size()) == bpe->prefix_) bb.remove_prefix(bpe->prefix_.size());
     merged.append(bb);
-    auto im = bpe->vocab_.find(merged);
-    DSFUSE_CHECK(im != bpe->vocab_.end(), ctx.where(), ".merges[", r, "]: merged token '", merged,
-                 "' is not in the vocab");
-    bpe->merges_.put(ia->second, ib->second, int32_t(r), im->second);
+    const int32_t* im = bpe->vocab_.find(merged);
+    DSFUSE_CHECK(im, ctx.where(), ".merges[", r, "]: merged token '", merged, "' is not in the vocab");
+    bpe->merges_.put(*ia, *ib, int32_t(r), *im);
   }
   return bpe;
 }
@@ -189,18 +209,17 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
     i += utf8_len(static_cast<unsigned char>(w[i]));
     if (i > w.size()) i = w.size();
     std::string_view ch = w.substr(b, i - b);
-    const std::string_view* key = &ch;
+    std::string_view sk = ch;
     if ((!prefix_.empty() && b > 0) || (!suffix_.empty() && i == w.size())) {
       s.clear();
       if (b > 0) s += prefix_;
       s += ch;
       if (i == w.size()) s += suffix_;
+      sk = s;
     }
-    std::string_view sk = ((!prefix_.empty() && b > 0) || (!suffix_.empty() && i == w.size())) ? std::string_view(s) : *key;
-    auto it = vocab_.find(sk);
-    if (it != vocab_.end()) {
+    if (const int32_t* v = vocab_.find(sk)) {
       if (pending_unk) syms.push_back(*pending_unk), pending_unk.reset();
-      syms.push_back(it->second);
+      syms.push_back(*v);
       continue;
     }
     if (byte_fallback_) {
@@ -209,12 +228,12 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       for (unsigned char c : sk) {
         char buf[8];
         std::snprintf(buf, sizeof buf, "<0x%02X>", c);
-        auto bt = vocab_.find(std::string_view(buf));
-        if (bt == vocab_.end()) {
+        const int32_t* bt = vocab_.find(std::string_view(buf));
+        if (!bt) {
           ok = false;
           break;
         }
-        syms.push_back(bt->second);
+        syms.push_back(*bt);
       }
       if (ok) continue;  // the library does not flush a pending unk here
       syms.resize(mark);
@@ -251,9 +270,8 @@ void BpeModel::tokenize(std::string_view word, bool raw_bytes, std::vector<int32
   }
   bool done = false;
   if (ignore_merges_) {
-    auto it = vocab_.find(chars);
-    if (it != vocab_.end()) {
-      out.push_back(it->second);
+    if (const int32_t* v = vocab_.find(chars)) {
+      out.push_back(*v);
       done = true;
     }
   }

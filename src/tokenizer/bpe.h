@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tokenizer/components.h"
+#include "tokenizer/json_scan.h"
 
 namespace dsfuse::tok {
 
@@ -20,6 +21,37 @@ struct StrHash {
   size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 using StrMap = std::unordered_map<std::string, int32_t, StrHash, std::equal_to<>>;
+
+// Open-addressing map string_view -> id over strings owned elsewhere (the model's arena).
+class StrIdMap {
+ public:
+  void reserve(size_t n);
+  // Inserts or overwrites.
+  void put(std::string_view k, int32_t v);
+  const int32_t* find(std::string_view k) const {
+    if (mask_ == 0) return nullptr;
+    uint64_t h = hash(k);
+    uint32_t tag = uint32_t(h >> 32) | 1u;
+    size_t i = size_t(h) & mask_;
+    while (true) {
+      const Slot& s = slots_[i];
+      if (s.tag == 0) return nullptr;
+      if (s.tag == tag && keys_[s.idx] == k) return &vals_[s.idx];
+      i = (i + 1) & mask_;
+    }
+  }
+  size_t size() const { return keys_.size(); }
+  static uint64_t hash(std::string_view k) { return std::hash<std::string_view>{}(k) * 0x9E3779B97F4A7C15ULL; }
+
+ private:
+  struct Slot {
+    uint32_t tag, idx;
+  };
+  std::vector<Slot> slots_;
+  std::vector<std::string_view> keys_;
+  std::vector<int32_t> vals_;
+  size_t mask_ = 0;
+};
 
 // Open-addressing map (id_a, id_b) -> (rank, merged id).
 class MergeTable {
@@ -58,19 +90,20 @@ class MergeTable {
 
 class BpeModel {
  public:
-  static std::unique_ptr<BpeModel> load(const nlohmann::json& model, const Ctx& ctx);
+  // model: the model object without vocab/merges; data: its vocab and merges (arena moved in).
+  static std::unique_ptr<BpeModel> load(const nlohmann::json& model, BpeData&& data, const Ctx& ctx);
 
   // Appends the ids of one pre-tokenized word. raw_bytes: `word` holds raw bytes still to be mapped
   // through the byte-level alphabet (the pre-tokenizer ended with a deferred ByteLevel step).
   void tokenize(std::string_view word, bool raw_bytes, std::vector<int32_t>& out) const;
 
   std::optional<int32_t> token_to_id(std::string_view tok) const {
-    auto it = vocab_.find(tok);
-    if (it == vocab_.end()) return std::nullopt;
-    return it->second;
+    const int32_t* v = vocab_.find(tok);
+    if (!v) return std::nullopt;
+    return *v;
   }
   // nullptr when the id is not in the vocabulary
-  const std::string* id_to_token(int32_t id) const {
+  const std::string_view* id_to_token(int32_t id) const {
     if (id < 0 || size_t(id) >= id_to_tok_.size() || !has_id_[size_t(id)]) return nullptr;
     return &id_to_tok_[size_t(id)];
   }
@@ -82,8 +115,9 @@ class BpeModel {
   void merge_word(std::string_view chars, std::vector<int32_t>& out) const;  // chars: byte-level/plain text
   void merge_symbols(std::vector<int32_t>& syms, std::vector<int32_t>& out) const;
 
-  StrMap vocab_;
-  std::vector<std::string> id_to_tok_;
+  std::string arena_;  // all token strings
+  StrIdMap vocab_;
+  std::vector<std::string_view> id_to_tok_;
   std::vector<uint8_t> has_id_;
   MergeTable merges_;
   std::string prefix_, suffix_;  // continuing_subword_prefix, end_of_word_suffix

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/components.h"
+#include "tokenizer/json_scan.h"
 #include "tokenizer/unicode.h"
 
 #include <utf8proc.h>
@@ -108,10 +109,11 @@ struct TokenizerImpl {
   void encode_text(std::string_view s, bool at_start, std::vector<int32_t>& ids, std::vector<std::string>* toks) const;
   void model_pieces(std::string text, bool at_start, std::vector<int32_t>& ids, std::vector<std::string>* toks) const;
   void encode(std::string_view text, bool add_special, std::vector<int32_t>& ids, std::vector<std::string>* toks) const;
-  const std::string* token_of(int32_t id) const {
+  std::optional<std::string_view> token_of(int32_t id) const {
     auto it = added_by_id.find(id);
-    if (it != added_by_id.end()) return &added[it->second].display;
-    return model->id_to_token(id);
+    if (it != added_by_id.end()) return std::string_view(added[it->second].display);
+    if (const std::string_view* t = model->id_to_token(id)) return *t;
+    return std::nullopt;
   }
 };
 
@@ -186,7 +188,7 @@ void TokenizerImpl::model_pieces(std::string text, bool at_start, std::vector<in
   size_t first = ids.size();
   for (const Piece& pc : p.v) model->tokenize(p.view(pc), defer_bytes, ids);
   if (toks)
-    for (size_t i = first; i < ids.size(); ++i) toks->push_back(*model->id_to_token(ids[i]));
+    for (size_t i = first; i < ids.size(); ++i) toks->emplace_back(*model->id_to_token(ids[i]));
 }
 
 void TokenizerImpl::encode_text(std::string_view s, bool at_start, std::vector<int32_t>& ids,
@@ -278,9 +280,9 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
       toks.push_back(t.display);
       continue;
     }
-    const std::string* t = m.model->id_to_token(id);
+    const std::string_view* t = m.model->id_to_token(id);
     DSFUSE_CHECK(t, "decode: token id ", id, " is not in the vocabulary of ", m.origin, " (vocab size ", vocab_size(), ")");
-    toks.push_back(*t);
+    toks.emplace_back(*t);
   }
   if (!m.decoder) {
     std::string out;
@@ -304,9 +306,9 @@ std::vector<std::string> Tokenizer::id_to_token(std::span<const int32_t> ids) co
 }
 
 std::string Tokenizer::id_to_token(int32_t id) const {
-  const std::string* t = impl_->token_of(id);
+  auto t = impl_->token_of(id);
   DSFUSE_CHECK(t, "token id ", id, " is not in the vocabulary of ", impl_->origin);
-  return *t;
+  return std::string(*t);
 }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
@@ -373,13 +375,8 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
   Tokenizer t;
   TokenizerImpl& m = *t.impl_;
   m.origin = origin;
-  json j;
-  try {
-    j = json::parse(tokenizer_json);
-  } catch (const json::exception& e) {
-    fail(cat(origin, ": invalid JSON: ", e.what()));
-  }
-  DSFUSE_CHECK(j.is_object(), origin, ": top level must be a JSON object");
+  TokenizerJson parsed = parse_tokenizer_json(tokenizer_json, origin);
+  const json& j = parsed.rest;
   Ctx ctx{origin, ""};
 
   auto mit = j.find("model");
@@ -388,11 +385,11 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
   if (auto ti = mit->find("type"); ti != mit->end()) {
     DSFUSE_CHECK(ti->is_string(), origin, ": model.type must be a string");
     mtype = ti->get<std::string>();
-  } else if (mit->contains("merges")) {
+  } else if (parsed.bpe.has_merges || mit->contains("merges")) {
     mtype = "BPE";
   }
   DSFUSE_CHECK(mtype == "BPE", origin, ": unsupported model.type '", mtype, "' (only BPE is implemented)");
-  m.model = BpeModel::load(*mit, ctx.at("model"));
+  m.model = BpeModel::load(*mit, std::move(parsed.bpe), ctx.at("model"));
 
   auto get = [&](const char* k) -> const json& {
     static const json null_json;
