@@ -26,6 +26,7 @@ class Parser {
 
  private:
   std::vector<Token> t_;
+  std::vector<std::pair<std::string, int>> open_;  // enclosing block tags and their lines
   size_t p_ = 0;
   int depth_ = 0;
 
@@ -107,6 +108,9 @@ class Parser {
         if (ends.size() == 0) return "";
         std::string want;
         for (const char* e : ends) want += std::string(want.empty() ? "" : " or ") + "'" + e + "'";
+        if (!open_.empty())
+          fail(cat("template syntax error (line ", open_.back().second, "): unclosed '", open_.back().first,
+                   "' block, expected ", want, " before the end of the template"));
         fail(cat("template syntax error (line ", open_line, "): unclosed block, expected ", want,
                  " before the end of the template"));
       }
@@ -147,6 +151,11 @@ class Parser {
     std::string name = next().value;
     auto s = std::make_unique<Stmt>();
     s->line = line;
+    open_.emplace_back(name, line);
+    struct Pop {
+      std::vector<std::pair<std::string, int>>& v;
+      ~Pop() { v.pop_back(); }
+    } pop{open_};
     if (name == "if") {
       s->kind = StmtKind::If;
       ExprPtr cond = parse_tuple(true);
