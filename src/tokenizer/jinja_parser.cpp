@@ -139,6 +139,13 @@ class Parser {
             next();
             return name;
           }
+        if (name.rfind("end", 0) == 0 || name == "elif" || name == "else") {
+          if (open_.empty()) error(cat("unexpected '", name, "' tag: no block is open"));
+          std::string want;
+          for (const char* e : ends) want += std::string(want.empty() ? "" : " or ") + "'" + e + "'";
+          error(cat("unexpected '", name, "' tag: the innermost open block is '", open_.back().first,
+                    "' (line ", open_.back().second, "), expected ", want));
+        }
         body.push_back(parse_statement());
       } else {
         error(cat("unexpected ", describe(tk)));
