@@ -381,7 +381,9 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, size_t ma
       CallArgs args;
       if (b.is_tuple()) args.pos = b.items();
       else args.pos.push_back(b);
-      return Value(py_percent_format(a.str(), args));
+      // Python: a mapping-like right operand (dict, list) may go unused without an error.
+      bool may_be_unused = (b.is_dict() || b.is_list()) && !b.is_tuple();
+      return Value(py_percent_format(a.str(), args, may_be_unused));
     }
     if (!nums) return type_error();
     if (ints) {
@@ -421,9 +423,9 @@ Value binary_op(const std::string& op, const Value& a, const Value& b, size_t ma
 }
 
 bool contains(const Value& container, const Value& item) {
-  check_defined(container);
-  check_defined(item);
+  if (container.is_undefined()) return false;  // Undefined iterates as empty
   if (container.is_string()) {
+    check_defined(item);
     if (!item.is_string()) fail(cat("'in <string>' requires string as left operand, not ", item.type_name()));
     return container.str().find(item.str()) != std::string::npos;
   }

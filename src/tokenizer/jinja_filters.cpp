@@ -298,6 +298,7 @@ Value f_dictsort(const Value& v, const CallArgs& a) {
   return Value::list(std::move(pairs));
 }
 Value f_indent(const Value& v, const CallArgs& a) {
+  if (!v.is_string()) fail(cat("indent filter needs a string, not ", v.type_name()));
   const Value* w = arg(a, 0, "width");
   std::string ind = !given(w) ? "    " : w->is_string() ? w->str() : std::string(static_cast<size_t>(std::clamp<int64_t>(w->is_int() ? w->as_int() : 4, 0, 1000)), ' ');
   bool first = flag(a, 1, "first"), blank = flag(a, 2, "blank");
@@ -386,21 +387,32 @@ bool t_mapping(const Value& v, const CallArgs&) { return v.is_dict() && !v.is_na
 bool t_iterable(const Value& v, const CallArgs&) {
   return v.is_undefined() || v.is_list() || v.is_string() || (v.is_dict() && !v.is_namespace());
 }
-bool t_sequence(const Value& v, const CallArgs&) { return v.is_list() || v.is_string() || (v.is_dict() && !v.is_namespace()); }
+bool t_sequence(const Value& v, const CallArgs&) { return v.is_undefined() || v.is_list() || v.is_string() || (v.is_dict() && !v.is_namespace()); }
 bool t_boolean(const Value& v, const CallArgs&) { return v.is_bool(); }
 bool t_true(const Value& v, const CallArgs&) { return v.is_bool() && v.as_bool(); }
 bool t_false(const Value& v, const CallArgs&) { return v.is_bool() && !v.as_bool(); }
-int64_t int_subject(const Value& v, const char* test) {
+// Python's `value % n` for the even/odd/divisibleby tests (ints and floats).
+double py_mod(const Value& v, double n, const char* test) {
   check_defined(v);
-  if (!v.is_int()) fail(cat("test '", test, "' needs an integer, not ", v.type_name()));
-  return v.as_int();
+  if (!v.is_number()) fail(cat("test '", test, "' needs a number, not ", v.type_name()));
+  if (n == 0) fail(cat("test '", test, "': modulo by zero"));
+  if (v.is_int() && n == std::trunc(n) && std::fabs(n) < 9e18) {
+    int64_t d = static_cast<int64_t>(n), x = v.as_int();
+    if (d == -1) return 0;
+    int64_t m = x % d;
+    if (m != 0 && ((m < 0) != (d < 0))) m += d;
+    return static_cast<double>(m);
+  }
+  double m = std::fmod(v.as_double(), n);
+  if (m != 0 && ((m < 0) != (n < 0))) m += n;
+  return m;
 }
-bool t_even(const Value& v, const CallArgs&) { return int_subject(v, "even") % 2 == 0; }
-bool t_odd(const Value& v, const CallArgs&) { return int_subject(v, "odd") % 2 != 0; }
+bool t_even(const Value& v, const CallArgs&) { return py_mod(v, 2, "even") == 0; }
+bool t_odd(const Value& v, const CallArgs&) { return py_mod(v, 2, "odd") == 1; }
 bool t_divisibleby(const Value& v, const CallArgs& a) {
-  int64_t d = int_arg(a, 0, "num", 0);
-  if (d == 0) fail("divisibleby: division by zero");
-  return int_subject(v, "divisibleby") % d == 0;
+  const Value* n = arg(a, 0, "num");
+  if (!n || !n->is_number()) fail("test 'divisibleby' needs a number argument");
+  return py_mod(v, n->as_double(), "divisibleby") == 0;
 }
 const Value& other(const CallArgs& a, const char* test) {
   const Value* o = a.get(0, "other");
@@ -414,8 +426,8 @@ bool t_le(const Value& v, const CallArgs& a) { return compare_op("<=", v, other(
 bool t_gt(const Value& v, const CallArgs& a) { return compare_op(">", v, other(a, "gt")); }
 bool t_ge(const Value& v, const CallArgs& a) { return compare_op(">=", v, other(a, "ge")); }
 bool t_in(const Value& v, const CallArgs& a) { return contains(other(a, "in"), v); }
-bool t_lower(const Value& v, const CallArgs&) { return v.is_string() && str_lower(v.str()) == v.str(); }
-bool t_upper(const Value& v, const CallArgs&) { return v.is_string() && str_upper(v.str()) == v.str(); }
+bool t_lower(const Value& v, const CallArgs&) { return py_is_class(v.to_str(), "islower"); }
+bool t_upper(const Value& v, const CallArgs&) { return py_is_class(v.to_str(), "isupper"); }
 bool t_callable(const Value& v, const CallArgs&) { return v.is_func(); }
 bool t_sameas(const Value& v, const CallArgs& a) {
   const Value& o = other(a, "sameas");

@@ -279,7 +279,7 @@ std::string py_str_format(const std::string& fmt, const CallArgs& args) {
   return out;
 }
 
-std::string py_percent_format(const std::string& fmt, const CallArgs& args) {
+std::string py_percent_format(const std::string& fmt, const CallArgs& args, bool may_be_unused) {
   std::string out;
   size_t k = 0;
   auto next_arg = [&]() -> const Value& {
@@ -319,7 +319,7 @@ std::string py_percent_format(const std::string& fmt, const CallArgs& args) {
       fail(cat("unsupported format character '", std::string(1, c), "'"));
     }
   }
-  if (k < args.pos.size()) fail("not all arguments converted during string formatting");
+  if (k < args.pos.size() && !(may_be_unused && k == 0)) fail("not all arguments converted during string formatting");
   return out;
 }
 

@@ -21,7 +21,8 @@ std::string py_capitalize(const std::string& s);  // str.capitalize()
 std::string jinja_title(const std::string& s);    // the `title` filter (splits on [-\s({\[<]+)
 bool py_is_class(const std::string& s, const std::string& method);  // isdigit, isalpha, ...
 std::string py_str_format(const std::string& fmt, const CallArgs& args);      // "{} {name}".format(...)
-std::string py_percent_format(const std::string& fmt, const CallArgs& args);  // "%s %d" % (...)
+std::string py_percent_format(const std::string& fmt, const CallArgs& args,
+                              bool may_be_unused = false);  // "%s %d" % (...)
 std::string html_escape(const std::string& s);                                 // markupsafe.escape
 int64_t count_words(const std::string& s);                                     // len(re.findall(r"\w+", s))
 
