@@ -43,6 +43,12 @@ TEST(Jinja, WhitespaceControl) {
             "a   b \nc");
   EXPECT_EQ(R("{% raw %}{{ x }} {% y %}{% endraw %}\nq"),
             "{{ x }} {% y %}q");
+  EXPECT_EQ(R("{% raw %}\n  {{ y }}\n  {% endraw %}x"),
+            "\n  {{ y }}\nx");
+  EXPECT_EQ(R("a\n  {%- raw -%}  b  {%- endraw -%}  \nc"),
+            "abc");
+  EXPECT_EQ(R("{{+ 1 }}|{%+ if true %}x{% endif %}"),
+            "1|x");
   EXPECT_EQ(R("line\n"),
             "line");
   EXPECT_EQ(R("a\r\nb"),

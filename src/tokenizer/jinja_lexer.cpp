@@ -180,7 +180,19 @@ class Lexer {
       if (q < src_.size() && (src_[q] == '-' || src_[q] == '+')) esign = src_[q++];
       if (src_.compare(q, 2, "%}") != 0) continue;
       std::string body = src_.substr(p, s - p);
-      if (bsign == '-') body = rstrip_ws(body);
+      if (bsign == '-') {
+        body = rstrip_ws(body);
+      } else if (bsign != '+' && opt_.lstrip_blocks) {  // lstrip_blocks applies to {% endraw %} too
+        size_t l_pos = body.rfind('\n');
+        l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
+        bool begin_ended_line = p > 0 && src_[p - 1] == '\n';
+        if (l_pos > 0 || begin_ended_line) {
+          bool all_ws = l_pos < body.size();
+          for (size_t i = l_pos; i < body.size(); ++i)
+            if (!is_ws(body[i])) all_ws = false;
+          if (all_ws) body.resize(l_pos);
+        }
+      }
       pos_ = p;
       emit_text(body);
       last_consumed_newline_ = finish_tag(q + 2, esign, true);
