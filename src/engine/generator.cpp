@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "core/error.h"
 #include "engine/text_stream.h"
@@ -38,7 +39,9 @@ GenerateResult Generator::generate(const GenerateRequest& req, const std::functi
   const int64_t budget = std::min<int64_t>(req.max_new_tokens, ctx - P);
   auto seq = model_.new_sequence(P + std::max<int64_t>(budget, 1));
   sampling::Sampler sampler(req.sampling);
-  tok::StreamDecoder detok(tok_, /*skip_special_tokens=*/true);
+  DSFUSE_CHECK(tok_ || req.stop.empty(), "stop strings need a tokenizer");
+  std::optional<tok::StreamDecoder> detok;
+  if (tok_) detok.emplace(*tok_, /*skip_special_tokens=*/true);
   StopMatcher stops(req.stop);
   ThinkSplitter think(req.prompt_opens_think);
   std::vector<int32_t> history = req.prompt_ids;
@@ -80,7 +83,7 @@ GenerateResult Generator::generate(const GenerateRequest& req, const std::functi
       emit("", tok, &res.samples.back());
       break;
     }
-    const std::string text = stops.push(detok.push(tok));
+    const std::string text = detok ? stops.push(detok->push(tok)) : std::string();
     emit(text, tok, &res.samples.back());
     if (stops.stopped()) {
       res.finish = FinishReason::StopString;
@@ -88,7 +91,7 @@ GenerateResult Generator::generate(const GenerateRequest& req, const std::functi
     }
     if (i + 1 < budget) model_.forward(*seq, std::span<const int32_t>(&tok, 1), logits, false);
   }
-  if (res.finish != FinishReason::StopString) emit(stops.push(detok.flush()) + stops.flush(), -1, nullptr);
+  if (res.finish != FinishReason::StopString && detok) emit(stops.push(detok->flush()) + stops.flush(), -1, nullptr);
   {
     StreamPiece tail;
     think.flush(tail.reasoning, tail.content);

@@ -46,7 +46,8 @@ struct GenerateResult {
 
 class Generator {
  public:
-  Generator(Model& model, const tok::Tokenizer& tokenizer) : model_(model), tok_(tokenizer) {}
+  // `tokenizer` may be null: then ids are generated without text (stop strings need text).
+  Generator(Model& model, const tok::Tokenizer* tokenizer) : model_(model), tok_(tokenizer) {}
   // Runs one request. `on_piece` (may be empty) receives text as it is produced; `cancel` is polled
   // between tokens. Throws dsfuse::Error for an empty prompt or one that fills the context.
   GenerateResult generate(const GenerateRequest& req, const std::function<void(const StreamPiece&)>& on_piece = {},
@@ -54,7 +55,7 @@ class Generator {
 
  private:
   Model& model_;
-  const tok::Tokenizer& tok_;
+  const tok::Tokenizer* tok_;
 };
 
 }  // namespace dsfuse

@@ -1,0 +1,280 @@
+// Generation: greedy continuations against Transformers, seeded sampling, streaming, stop strings,
+// reasoning split, and the `dsfuse run` command line.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "dsfuse/dsfuse.h"
+#include "engine/generator.h"
+#include "engine/text_stream.h"
+#include "loader/safetensors.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace dsfuse;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<int32_t> ids_of(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* t = f.find(name);
+  EXPECT_TRUE(t) << name;
+  std::vector<int32_t> v;
+  if (!t) return v;
+  TensorView tv = f.view(*t);
+  for (int64_t i = 0; i < tv.numel(); ++i) v.push_back(static_cast<int32_t>(tv.ptr<int64_t>()[i]));
+  return v;
+}
+
+std::vector<float> floats_of(const SafetensorsFile& f, const std::string& name) {
+  TensorView tv = f.view(*f.find(name));
+  return std::vector<float>(tv.ptr<float>(), tv.ptr<float>() + tv.numel());
+}
+
+// Greedy decoding with the KV cache reproduces the reference continuation, up to the first step whose
+// top-1/top-2 margin is below 1e-3 (where float rounding may legitimately pick the other token).
+void check_greedy(Model& model, const fs::path& ref_file, const std::string& label) {
+  SafetensorsFile ref(ref_file);
+  const auto prompt = ids_of(ref, "ids_0");
+  const auto want = ids_of(ref, "greedy_0");
+  const auto margin = floats_of(ref, "greedy_margin_0");
+  GenerateRequest req;
+  req.prompt_ids = prompt;
+  req.sampling.temperature = 0;
+  req.max_new_tokens = static_cast<int>(want.size() - prompt.size());
+  req.ignore_eos = true;
+  GenerateResult r = Generator(model, nullptr).generate(req);
+  size_t checked = 0;
+  for (size_t i = 0; i < r.ids.size(); ++i) {
+    if (margin[i] < 1e-3f) break;
+    EXPECT_EQ(r.ids[i], want[prompt.size() + i]) << label << " greedy step " << i;
+    ++checked;
+  }
+  std::printf("[greedy] %-24s %zu/%zu steps equal to the reference\n", label.c_str(), checked, r.ids.size());
+  EXPECT_GE(checked, 1u);
+}
+
+class GreedyFixtures : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GreedyFixtures, MatchesTransformers) {
+  DSFUSE_REQUIRE_FIXTURE(dir, "models/" + GetParam());
+  auto model = Model::load(dir);
+  check_greedy(*model, dir / "reference.safetensors", GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyFixtures,
+                         ::testing::Values("llama-tiny", "qwen2-tiny", "deepseek-v2-lite-tiny", "deepseek-v2-tiny",
+                                           "deepseek-v3-tiny", "deepseek-v3-tiny-fp8"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (auto& c : s) if (c == '-') c = '_';
+                           return s;
+                         });
+
+const fs::path kDefaultModel = DSFUSE_SOURCE_MODEL_DIR;
+const fs::path kDefaultRef = fs::path(DSFUSE_TEST_DATA) / "default_model_reference.safetensors";
+
+TEST(DefaultModel, LogitsAndGreedyMatchTransformers) {
+  auto model = Model::load(kDefaultModel);
+  SafetensorsFile ref(kDefaultRef);
+  for (const char* k : {"0", "1"}) {
+    const auto ids = ids_of(ref, std::string("ids_") + k);
+    const auto want = floats_of(ref, std::string("logits_") + k);
+    auto seq = model->new_sequence(static_cast<int64_t>(ids.size()));
+    std::vector<float> out;
+    model->forward(*seq, ids, out, true);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < out.size(); ++i) num += std::pow(double(out[i]) - want[i], 2), den += double(want[i]) * want[i];
+    std::printf("[parity] default model logits_%s rel err %.3e\n", k, std::sqrt(num / den));
+    EXPECT_LE(std::sqrt(num / den), 1e-4);
+  }
+  check_greedy(*model, kDefaultRef, "default-model");
+}
+
+TEST(DefaultModel, SeededSamplingIsReproducibleAndSeedsDiffer) {
+  auto model = Model::load(kDefaultModel);
+  auto tk = tok::Tokenizer::load(kDefaultModel);
+  auto gen = [&](uint64_t seed) {
+    GenerateRequest req;
+    req.prompt_ids = tk.encode("ROMEO:", true);
+    req.sampling.temperature = 1.0f;
+    req.sampling.seed = seed;
+    req.max_new_tokens = 24;
+    req.ignore_eos = true;
+    return Generator(*model, &tk).generate(req).ids;
+  };
+  EXPECT_EQ(gen(7), gen(7));
+  EXPECT_NE(gen(7), gen(8));
+  EXPECT_NE(gen(8), gen(9));
+}
+
+TEST(DefaultModel, StreamingEqualsFinalText) {
+  auto model = Model::load(kDefaultModel);
+  auto tk = tok::Tokenizer::load(kDefaultModel);
+  GenerateRequest req;
+  req.prompt_ids = tk.encode("JULIET:\n", true);
+  req.sampling.temperature = 0.9f;
+  req.sampling.seed = 11;
+  req.max_new_tokens = 60;
+  req.ignore_eos = true;
+  std::string streamed;
+  GenerateResult r = Generator(*model, &tk).generate(req, [&](const StreamPiece& p) { streamed += p.reasoning + p.content; });
+  EXPECT_EQ(streamed, r.text);
+  EXPECT_EQ(r.text, tk.decode(r.ids, true));
+  EXPECT_EQ(r.ids.size(), 60u);
+}
+
+// A scripted model: its logits always make the next scripted token the argmax.
+class ScriptedModel final : public Model {
+ public:
+  ScriptedModel(std::vector<int32_t> script, int vocab) : script_(std::move(script)), vocab_(vocab) {}
+  ModelInfo info() const override { return {}; }
+  int vocab_size() const override { return vocab_; }
+  int max_context() const override { return 100000; }
+  struct Seq final : Sequence {
+    int64_t n = 0, cap;
+    explicit Seq(int64_t c) : cap(c) {}
+    int64_t length() const override { return n; }
+    int64_t capacity() const override { return cap; }
+    void truncate(int64_t k) override { n = k; }
+  };
+  std::unique_ptr<Sequence> new_sequence(int64_t max_tokens) override { return std::make_unique<Seq>(max_tokens); }
+  void forward(Sequence& s, std::span<const int32_t> ids, std::vector<float>& logits, bool) override {
+    auto& q = static_cast<Seq&>(s);
+    if (q.n == 0) prompt_len_ = static_cast<int64_t>(ids.size());
+    q.n += static_cast<int64_t>(ids.size());
+    logits.assign(vocab_, 0.0f);
+    const int64_t step = q.n - prompt_len_;
+    if (step < static_cast<int64_t>(script_.size())) logits[script_[step]] = 100.0f;
+  }
+
+ private:
+  std::vector<int32_t> script_;
+  int vocab_;
+  int64_t prompt_len_ = 0;
+};
+
+TEST(Streaming, MultiByteReasoningAndStopStrings) {
+  DSFUSE_REQUIRE_FIXTURE(tdir, "tokenizers/deepseek_v3");
+  auto tk = tok::Tokenizer::load(tdir);
+  const std::string answer = "<think>\nDenke: 世界 😀 über\n</think>\n\nAntwort: 42 ✓ déjà vu. ENDE und mehr";
+  ScriptedModel m(tk.encode(answer, false), static_cast<int>(tk.vocab_size()));
+  GenerateRequest req;
+  req.prompt_ids = {0};
+  req.sampling.temperature = 0;
+  req.max_new_tokens = 200;
+  std::string content, reasoning;
+  auto sink = [&](const StreamPiece& p) {
+    content += p.content;
+    reasoning += p.reasoning;
+  };
+  GenerateResult r = Generator(m, &tk).generate(req, sink);
+  EXPECT_EQ(r.text, answer);
+  EXPECT_EQ(reasoning, "\nDenke: 世界 😀 über\n");
+  EXPECT_EQ(content, "\n\nAntwort: 42 ✓ déjà vu. ENDE und mehr");
+  EXPECT_EQ(r.reasoning, reasoning);
+  EXPECT_EQ(r.content, content);
+  // Stop string: output ends right before it; streamed pieces never contain any part of it.
+  content.clear(), reasoning.clear();
+  req.stop = {"ENDE", "never"};
+  r = Generator(m, &tk).generate(req, sink);
+  EXPECT_EQ(r.finish, FinishReason::StopString);
+  EXPECT_EQ(r.content, "\n\nAntwort: 42 ✓ déjà vu. ");
+  EXPECT_EQ(content, r.content);
+  // EOS ends generation.
+  req.stop.clear();
+  req.eos_ids = {tk.encode("42", false)[0]};
+  r = Generator(m, &tk).generate(req);
+  EXPECT_EQ(r.finish, FinishReason::Eos);
+  EXPECT_EQ(r.content, "\n\nAntwort: ");
+}
+
+TEST(TextStream, StopMatcherHoldsBackPartialMatches) {
+  StopMatcher s({"</end>", "STOP"});
+  EXPECT_EQ(s.push("hello </e"), "hello ");
+  EXPECT_EQ(s.push("nx ST"), "</enx ");
+  EXPECT_FALSE(s.stopped());
+  EXPECT_EQ(s.push("OP tail"), "");
+  EXPECT_TRUE(s.stopped());
+  StopMatcher t({"ab"});
+  EXPECT_EQ(t.push("xa"), "x");
+  EXPECT_EQ(t.flush(), "a");
+}
+
+TEST(TextStream, ThinkSplitter) {
+  std::string r, c;
+  ThinkSplitter a;
+  for (const char* piece : {"  <th", "ink>plan", " A</thi", "nk>answer <think> literal"}) a.push(piece, r, c);
+  a.flush(r, c);
+  EXPECT_EQ(r, "plan A");
+  EXPECT_EQ(c, "answer <think> literal");
+  r.clear(), c.clear();
+  ThinkSplitter b(/*start_in_reasoning=*/true);  // R1 templates open <think> in the prompt
+  b.push("reason</think>done", r, c);
+  EXPECT_EQ(r, "reason");
+  EXPECT_EQ(c, "done");
+  r.clear(), c.clear();
+  ThinkSplitter d;
+  d.push("plain text, no tags", r, c);
+  d.flush(r, c);
+  EXPECT_EQ(r, "");
+  EXPECT_EQ(c, "plain text, no tags");
+  EXPECT_TRUE(prompt_opens_think("<｜Assistant｜><think>\n"));
+  EXPECT_FALSE(prompt_opens_think("<think>x</think>"));
+}
+
+TEST(RunCli, ShakespeareFromTheDefaultModel) {
+  auto r = test::run_dsfuse("run -p \"ROMEO:\" --max-new-tokens 120 --seed 5");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("ROMEO:", 0), 0u) << r.out;
+  // Speaker names in capitals on their own line, as in the play.
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("\n[A-Z][A-Z ]+:\n"))) << r.out;
+  EXPECT_NE(r.err.find("decode"), std::string::npos);
+}
+
+TEST(RunCli, JsonContractAndGreedyDeterminism) {
+  auto a = test::run_dsfuse("run --prompt-ids 0,5,6,7 --temperature 0 -n 12 --json --ignore-eos");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  auto j = nlohmann::json::parse(a.out);
+  EXPECT_EQ(j["ids"].size(), 12u);
+  EXPECT_EQ(j["prompt_tokens"], 4);
+  EXPECT_EQ(j["completion_tokens"], 12);
+  EXPECT_GT(j["decode_tok_s"].get<double>(), 0);
+  EXPECT_GT(j["prefill_tok_s"].get<double>(), 0);
+  EXPECT_TRUE(j["text"].is_string());
+  auto b = test::run_dsfuse("run --prompt-ids 0,5,6,7 --temperature 0 -n 12 --json --ignore-eos");
+  EXPECT_EQ(nlohmann::json::parse(b.out)["ids"], j["ids"]);
+  auto c = test::run_dsfuse("run -p \"ROMEO:\" --chat -n 8 --seed 1 --json");
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_GT(nlohmann::json::parse(c.out)["prompt_tokens"].get<int>(), 3);  // template tokens added
+}
+
+TEST(RunCli, BadInputIsAClearError) {
+  struct Case {
+    std::string args, message;
+  };
+  std::string long_prompt;
+  for (int i = 0; i < 700; ++i) long_prompt += "ROMEO: ";
+  for (const Case& c : std::vector<Case>{
+           {"run -p \"\"", "the prompt is empty"},
+           {"run", "give a prompt"},
+           {"run -p x --temperature -1", "temperature"},
+           {"run -p x --top-p 2", "top_p"},
+           {"run -p x --bogus-flag", "--bogus-flag"},
+           {"run -p x --max-new-tokens 0", "--max-new-tokens must be positive"},
+           {"run --prompt-ids 1,x,3", "'x' is not a token id"},
+           {"run --prompt-ids 1,99999", "out of range"},
+           {"run -p \"" + long_prompt + "\"", "context is 1024 tokens"},
+           {"run -p x --model /nonexistent/dir", "/nonexistent/dir"},
+       }) {
+    auto r = test::run_dsfuse(c.args);
+    EXPECT_NE(r.exit_code, 0) << c.args;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args.substr(0, 60) << "\nstderr: " << r.err;
+    EXPECT_EQ(r.out.find("ROMEO: ROMEO: ROMEO:"), std::string::npos) << "nothing printed on error";
+  }
+}
+
+}  // namespace
