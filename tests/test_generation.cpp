@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <fstream>
+#include <sys/wait.h>
 
 #include "dsfuse/dsfuse.h"
 #include "engine/generator.h"
@@ -275,6 +277,38 @@ TEST(RunCli, BadInputIsAClearError) {
     EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args.substr(0, 60) << "\nstderr: " << r.err;
     EXPECT_EQ(r.out.find("ROMEO: ROMEO: ROMEO:"), std::string::npos) << "nothing printed on error";
   }
+}
+
+}  // namespace
+
+namespace {
+
+TEST(ChatCli, MultiTurnResetExitAndCtrlCInterruptsOnlyTheAnswer) {
+  // Two turns, a reset, a third turn, then /exit (stdin from a file).
+  const fs::path in = fs::temp_directory_path() / ("dsfuse_chat_in_" + std::to_string(::getpid()));
+  {
+    std::ofstream f(in);
+    f << "ROMEO:\nJULIET:\n/reset\nNURSE:\n/exit\nnever read\n";
+  }
+  auto r = test::run_dsfuse("chat -n 12 --seed 1 --threads 1", in.string());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("(history cleared)"), std::string::npos) << r.err;
+  // Three answers were printed (one line each at least).
+  EXPECT_GE(std::count(r.out.begin(), r.out.end(), '\n'), 3) << r.out;
+  // Ctrl-C during a long answer stops that answer; the program goes on to read /exit and exits 0.
+  {
+    std::ofstream f(in);
+    f << "ROMEO:\n/exit\n";
+  }
+  const std::string cmd = std::string("sh -c '") + DSFUSE_BIN + " chat --max-new-tokens 100000 --ignore-eos --threads 1 < " +
+                          in.string() + " > " + in.string() + ".out 2>&1 & pid=$!; sleep 0.4; kill -INT $pid; wait $pid'";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream o(in.string() + ".out");
+  const std::string out((std::istreambuf_iterator<char>(o)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(WEXITSTATUS(rc), 0) << out;
+  EXPECT_NE(out.find("(interrupted)"), std::string::npos) << out;
+  fs::remove(in);
+  fs::remove(in.string() + ".out");
 }
 
 }  // namespace

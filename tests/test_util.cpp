@@ -15,11 +15,11 @@ static std::string slurp(const std::string& path) {
   return ss.str();
 }
 
-CmdResult run_dsfuse(const std::string& args) {
+CmdResult run_dsfuse(const std::string& args, const std::string& stdin_path) {
   char tmpl[] = "/tmp/dsfuse_test_XXXXXX";
   const char* dir = mkdtemp(tmpl);
   std::string d = dir ? dir : "/tmp";
-  std::string cmd = std::string(DSFUSE_BIN) + " " + args + " >" + d + "/out 2>" + d + "/err </dev/null";
+  std::string cmd = std::string(DSFUSE_BIN) + " " + args + " >" + d + "/out 2>" + d + "/err <" + stdin_path;
   int rc = std::system(cmd.c_str());
   CmdResult r{WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), slurp(d + "/out"), slurp(d + "/err")};
   std::filesystem::remove_all(d);

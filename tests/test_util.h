@@ -32,6 +32,6 @@ struct CmdResult {
 };
 
 // Runs `dsfuse <args>` (args are passed to the shell as written) and captures stdout/stderr.
-CmdResult run_dsfuse(const std::string& args);
+CmdResult run_dsfuse(const std::string& args, const std::string& stdin_path = "/dev/null");
 
 }  // namespace dsfuse::test
