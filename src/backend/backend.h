@@ -58,6 +58,16 @@ struct RouterParams {
   float routed_scaling_factor = 1.0f;
 };
 
+// Where a sequence's cached rows live in a KV pool: logical row s is physical row
+// table[s / block_size] * block_size + s % block_size (paged cache); without a table, row s is s.
+struct PagedRows {
+  const int32_t* table = nullptr;
+  int block_size = 0;
+  int64_t phys(int64_t s) const {
+    return table ? static_cast<int64_t>(table[s / block_size]) * block_size + s % block_size : s;
+  }
+};
+
 // One routed expert: SwiGLU MLP.
 struct ExpertWeights {
   Linear gate, up, down;  // gate/up [I, H], down [H, I]
@@ -88,19 +98,19 @@ class Backend {
   virtual void silu_mul(TensorView y, const TensorView& gate, const TensorView& up) = 0;
   // Rotates dims [offset, offset + rot_dim) of every head in place  // x [T, H, D] (row stride may exceed H*D)
   virtual void rope(TensorView x, int offset, const RopeTable& table, RopeStyle style, const int32_t* positions) = 0;
-  // Copies rows: dst[dst_row0 + t] = src[t]  // src [T, D] (strided rows), dst [S, D]
-  virtual void copy_rows(TensorView dst, int64_t dst_row0, const TensorView& src) = 0;
-  // Causal GQA attention of T new queries at positions past..past+T-1 over keys/values 0..past+T-1.
-  // out [T, Hq, Dv], q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv]
+  // Copies rows into a (paged) cache: dst[rows.phys(dst_row0 + t)] = src[t]  // src [T, D] strided, dst [S, D]
+  virtual void copy_rows(TensorView dst, int64_t dst_row0, const TensorView& src, const PagedRows& rows = {}) = 0;
+  // Causal GQA attention of T new queries at positions past..past+T-1 over keys/values 0..past+T-1,
+  // read from (paged) cache rows.  // out [T, Hq, Dv], q [T, Hq, D], k [S, Hkv, D], v [S, Hkv, Dv]
   virtual void attention(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v,
-                         int64_t past, float scale) = 0;
+                         int64_t past, float scale, const PagedRows& rows = {}) = 0;
   // MLA in absorbed form over the latent cache: per head h,
   //   q_lat = W_UK[h]^T q_nope[h]; s = scale (q_lat·latent[s] + q_pe[h]·k_pe[s]); o_lat = softmax(s)·latent;
   //   out[h] = W_UV[h] o_lat, with W_UK/W_UV the key/value rows of kv_b ([H*(nope+v), C]).
   // out [T, H, Dv], q_nope [T, H, nope], q_pe [T, H, R], latent [S, C], k_pe [S, R]
   virtual void mla_attention(TensorView out, const TensorView& q_nope, const TensorView& q_pe,
                              const TensorView& latent, const TensorView& k_pe, const Linear& kv_b, int64_t past,
-                             float scale) = 0;
+                             float scale, const PagedRows& rows = {}) = 0;
   // Expert choice from router logits: ids/weights [T, top_k]  // logits [T, E] f32, bias [E] or empty
   virtual void moe_route(TensorView ids, TensorView weights, const TensorView& logits, const TensorView& bias,
                          const RouterParams& p) = 0;

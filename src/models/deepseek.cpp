@@ -114,15 +114,15 @@ class DeepseekModel final : public CausalLM {
       moe = T * (e.n_routed_experts + 2 * e.num_experts_per_tok + Hd);
     }
     return static_cast<size_t>(T * (Hd + m.q_lora_rank + NH * (m.qk_nope_head_dim + m.qk_rope_head_dim) +
-                                    m.kv_lora_rank + m.qk_rope_head_dim + NH * m.v_head_dim + Hd + 2 * inter + Hd) +
+                                    2 * m.kv_lora_rank + m.qk_rope_head_dim + NH * m.v_head_dim + Hd + 2 * inter + Hd) +
                                moe);
   }
 
-  void layers(TensorView x, const int32_t* pos, KVCache& cache) override {
+  void layers(TensorView x, const Batch& b, KVCache& kv) override {
+    const int32_t* pos = b.positions;
     const auto& m = *cfg_.mla;
     const int64_t T = x.shape[0], Hd = cfg_.hidden_size, NH = cfg_.num_attention_heads;
     const int64_t Dn = m.qk_nope_head_dim, R = m.qk_rope_head_dim, Dv = m.v_head_dim, C = m.kv_lora_rank;
-    const int64_t past = cache.length(), S = past + T;
     const float eps = static_cast<float>(cfg_.rms_norm_eps);
     const size_t mark = arena_.used();
     for (size_t l = 0; l < layers_.size(); ++l) {
@@ -153,22 +153,27 @@ class DeepseekModel final : public CausalLM {
       kpe_new.shape = {T, 1, R, 0};
       kpe_new.stride = {C + R, R, 1, 0};
       be_.rope(kpe_new, 0, rope_, RopeStyle::Interleaved, pos);
-      TensorView lat_c = cache.k(static_cast<int>(l)), kpe_c = cache.v(static_cast<int>(l));
-      be_.rms_norm(lat_c.rows(past, S), latent_new, L.kv_a_norm, eps);
-      TensorView kpe2 = kpe_new;  // [T, R]
+      TensorView lat_c = kv.k(static_cast<int>(l)), kpe_c = kv.v(static_cast<int>(l));  // pools [rows, C], [rows, R]
+      TensorView latent = arena_.alloc(DType::F32, {T, C});
+      be_.rms_norm(latent, latent_new, L.kv_a_norm, eps);
+      TensorView kpe2 = kpe_new;  // [T, R] view, row stride C + R
       kpe2.ndim = 2;
       kpe2.shape = {T, R, 0, 0};
       kpe2.stride = {C + R, 1, 0, 0};
-      be_.copy_rows(kpe_c, past, kpe2);
 
-      // Attention (absorbed)  // q_nope [T, NH, Dn], q_pe [T, NH, R] -> out [T, NH, Dv]
+      // Attention (absorbed), per sequence  // q_nope [T, NH, Dn], q_pe [T, NH, R] -> out [T, NH, Dv]
       TensorView q_nope = q;
       q_nope.shape[2] = Dn;
       TensorView q_pe = q;
       q_pe.data = q.ptr<float>() + Dn;
       q_pe.shape[2] = R;
       TensorView attn = arena_.alloc(DType::F32, {T, NH, Dv});
-      be_.mla_attention(attn, q_nope, q_pe, lat_c.rows(0, S), kpe_c.rows(0, S), L.kv_b, past, scale_);
+      for (const SeqSegment& s : b.segs) {
+        be_.copy_rows(lat_c, s.past, latent.rows(s.t0, s.t0 + s.n), s.rows);
+        be_.copy_rows(kpe_c, s.past, kpe2.rows(s.t0, s.t0 + s.n), s.rows);
+        be_.mla_attention(attn.rows(s.t0, s.t0 + s.n), q_nope.rows(s.t0, s.t0 + s.n), q_pe.rows(s.t0, s.t0 + s.n),
+                          lat_c, kpe_c, L.kv_b, s.past, scale_, s.rows);
+      }
       TensorView o = arena_.alloc(DType::F32, {T, Hd});
       be_.linear(o, attn.reshape({T, NH * Dv}), L.o);
       be_.add(x, o);

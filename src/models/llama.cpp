@@ -39,10 +39,9 @@ size_t LlamaModel::layer_workspace_floats(int64_t T, int64_t S) const {
   return static_cast<size_t>(T * (H + q_dim_ + 2 * kv_dim_ + q_dim_ + H + 2 * cfg_.intermediate_size + H));
 }
 
-void LlamaModel::layers(TensorView x, const int32_t* pos, KVCache& cache) {
+void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
   const int64_t T = x.shape[0], H = cfg_.hidden_size, D = cfg_.head_dim;
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
-  const int64_t past = cache.length(), S = past + T;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const size_t mark = arena_.used();
@@ -56,21 +55,24 @@ void LlamaModel::layers(TensorView x, const int32_t* pos, KVCache& cache) {
     be_.linear(q.reshape({T, Hq * D}), h, L.q);  // [T, Hq*D]
     be_.linear(k.reshape({T, Hkv * D}), h, L.k);  // [T, Hkv*D]
     be_.linear(v.reshape({T, Hkv * D}), h, L.v);  // [T, Hkv*D]
-    be_.rope(q, 0, rope_, RopeStyle::Neox, pos);
-    be_.rope(k, 0, rope_, RopeStyle::Neox, pos);
-    TensorView kc = cache.k(static_cast<int>(l)), vc = cache.v(static_cast<int>(l));  // [max, Hkv*D]
-    be_.copy_rows(kc, past, k.reshape({T, Hkv * D}));
-    be_.copy_rows(vc, past, v.reshape({T, Hkv * D}));
+    be_.rope(q, 0, rope_, RopeStyle::Neox, b.positions);
+    be_.rope(k, 0, rope_, RopeStyle::Neox, b.positions);
+    TensorView kc = kv.k(static_cast<int>(l)), vc = kv.v(static_cast<int>(l));  // pool [rows, Hkv*D]
+    const int64_t R = kc.shape[0];
     TensorView attn = arena_.alloc(DType::F32, {T, Hq, D});
-    be_.attention(attn, q, kc.rows(0, S).reshape({S, Hkv, D}), vc.rows(0, S).reshape({S, Hkv, D}), past, scale);
+    for (const SeqSegment& s : b.segs) {
+      be_.copy_rows(kc, s.past, k.reshape({T, Hkv * D}).rows(s.t0, s.t0 + s.n), s.rows);
+      be_.copy_rows(vc, s.past, v.reshape({T, Hkv * D}).rows(s.t0, s.t0 + s.n), s.rows);
+      be_.attention(attn.rows(s.t0, s.t0 + s.n), q.rows(s.t0, s.t0 + s.n), kc.reshape({R, Hkv, D}),
+                    vc.reshape({R, Hkv, D}), s.past, scale, s.rows);
+    }
     TensorView o = arena_.alloc(DType::F32, {T, H});
     be_.linear(o, attn.reshape({T, Hq * D}), L.o);
     be_.add(x, o);
     be_.rms_norm(h, x, L.mlp_norm, eps);
     mlp(o, h, L.mlp);
     be_.add(x, o);
-    // Release this layer's activations (the arena is a stack).
-    arena_.reset_to(mark);
+    arena_.reset_to(mark);  // release this layer's activations (the arena is a stack)
   }
 }
 

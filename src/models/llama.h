@@ -12,7 +12,7 @@ class LlamaModel : public CausalLM {
   std::string kv_layout() const override;
 
  protected:
-  void layers(TensorView x, const int32_t* positions, KVCache& cache) override;
+  void layers(TensorView x, const Batch& b, KVCache& kv) override;
   size_t layer_workspace_floats(int64_t T, int64_t S) const override;
 
  private:

@@ -93,18 +93,33 @@ void CausalLM::forward(const int32_t* ids, int64_t T, KVCache& cache, float* log
   for (int64_t t = 0; t < T; ++t)
     DSFUSE_CHECK(ids[t] >= 0 && ids[t] < cfg_.vocab_size, "token id ", ids[t], " at position ", past + t,
                  " is out of range [0, ", cfg_.vocab_size, ")");
-  const int64_t H = cfg_.hidden_size, V = cfg_.vocab_size, S = past + T;
-  const int64_t L = all_logits ? T : 1;
-  arena_.reserve((static_cast<size_t>(T * H + L * V) + layer_workspace_floats(T, S)) * sizeof(float) + 64 * 64);
-  arena_.reset();
   positions_.resize(T);
   for (int64_t t = 0; t < T; ++t) positions_[t] = static_cast<int32_t>(past + t);
+  Batch b;
+  b.ids = ids;
+  b.positions = positions_.data();
+  b.T = T;
+  b.segs.push_back(SeqSegment{0, T, past, PagedRows{}});
+  all_rows_.clear();
+  for (int64_t t = all_logits ? 0 : T - 1; t < T; ++t) all_rows_.push_back(t);
+  forward_batch(b, cache, all_rows_, logits);
+  cache.set_length(past + T);
+}
 
+void CausalLM::forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) {
+  const int64_t T = b.T, H = cfg_.hidden_size, V = cfg_.vocab_size;
+  const int64_t L = static_cast<int64_t>(logit_rows.size());
+  int64_t S = 0;
+  for (const auto& s : b.segs) S = std::max(S, s.past + s.n);
+  arena_.reserve((static_cast<size_t>(T * H + L * (H + V)) + layer_workspace_floats(T, S)) * sizeof(float) + 64 * 64);
+  arena_.reset();
   TensorView x = arena_.alloc(DType::F32, {T, H});
-  be_.embedding(x, embed_, ids, T);
-  layers(x, positions_.data(), cache);
-  cache.set_length(S);
-  TensorView xl = all_logits ? x : x.rows(T - 1, T);
+  be_.embedding(x, embed_, b.ids, T);
+  layers(x, b, pool);
+  if (L == 0) return;
+  // Final norm and head only for the rows whose logits are wanted.  // xl [L, H] -> out [L, V]
+  TensorView xl = arena_.alloc(DType::F32, {L, H});
+  for (int64_t i = 0; i < L; ++i) be_.copy_rows(xl, i, x.rows(logit_rows[i], logit_rows[i] + 1));
   be_.rms_norm(xl, xl, final_norm_, static_cast<float>(cfg_.rms_norm_eps));
   TensorView out = arena_.alloc(DType::F32, {L, V});
   be_.linear(out, xl, lm_head_);

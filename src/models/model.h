@@ -45,6 +45,21 @@ struct MlpWeights {
   Linear gate, up, down;
 };
 
+// One sequence's slice of a batch: tokens [t0, t0 + n) of the batch sit at positions past..past+n-1 of
+// that sequence, whose cached rows are mapped by `rows` (a block table, or contiguous).
+struct SeqSegment {
+  int64_t t0 = 0, n = 0, past = 0;
+  PagedRows rows;
+};
+
+// A forward batch: tokens of several sequences concatenated; positions per token.
+struct Batch {
+  const int32_t* ids = nullptr;
+  const int32_t* positions = nullptr;
+  int64_t T = 0;
+  std::vector<SeqSegment> segs;
+};
+
 class CausalLM;
 using ModelFactory = std::function<std::unique_ptr<CausalLM>(const ModelConfig&, WeightLoader&, Backend&)>;
 
@@ -60,10 +75,14 @@ class CausalLM {
   // Runs T tokens at positions cache.length()..; appends them to the cache; writes logits for all T
   // tokens ([T, V]) or only the last ([1, V]) into `logits` (host memory).
   void forward(const int32_t* ids, int64_t T, KVCache& cache, float* logits, bool all_logits);
+  // Runs a batch of sequences over a shared (paged) KV pool; writes logits ([rows.size(), V], host
+  // memory) of the batch tokens listed in `logit_rows`. The caller has checked ids and capacity.
+  void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits);
 
  protected:
-  // x [T, H] holds the embeddings on entry; runs every decoder layer in place.
-  virtual void layers(TensorView x, const int32_t* positions, KVCache& cache) = 0;
+  // x [T, H] holds the embeddings on entry; runs every decoder layer in place, writing each segment's
+  // new keys/values into `kv` and attending over its cached rows.
+  virtual void layers(TensorView x, const Batch& b, KVCache& kv) = 0;
   // Shared building blocks.
   void mlp(TensorView out, const TensorView& x, const MlpWeights& w);  // SwiGLU
   void load_common(WeightLoader& wl);  // embeddings, final norm, lm_head (tied or not)
@@ -76,6 +95,7 @@ class CausalLM {
   TensorView embed_, final_norm_;
   Linear lm_head_;
   std::vector<int32_t> positions_;
+  std::vector<int64_t> all_rows_;
 };
 
 // The one place architectures are registered: config.architectures[0] -> factory.

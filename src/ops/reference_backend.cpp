@@ -84,13 +84,13 @@ class ReferenceBackend final : public Backend {
       }
   }
 
-  void copy_rows(TensorView dst, int64_t r0, const TensorView& src) override {
+  void copy_rows(TensorView dst, int64_t r0, const TensorView& src, const PagedRows& rows) override {
     const int64_t T = src.shape[0], D = src.numel() / src.shape[0];
-    for (int64_t t = 0; t < T; ++t) std::memcpy(frow(dst, r0 + t), frow(src, t), D * sizeof(float));
+    for (int64_t t = 0; t < T; ++t) std::memcpy(frow(dst, rows.phys(r0 + t)), frow(src, t), D * sizeof(float));
   }
 
   void attention(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, int64_t past,
-                 float scale) override {
+                 float scale, const PagedRows& rows) override {
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
     const int64_t group = Hq / Hkv;
     for (int64_t t = 0; t < T; ++t)
@@ -100,7 +100,7 @@ class ReferenceBackend final : public Backend {
         std::vector<double> p(S);
         double mx = -INFINITY;
         for (int64_t s = 0; s < S; ++s) {
-          const float* kr = frow(k, s) + kh * k.stride[1];
+          const float* kr = frow(k, rows.phys(s)) + kh * k.stride[1];
           double acc = 0;
           for (int64_t d = 0; d < D; ++d) acc += static_cast<double>(qr[d]) * kr[d];
           p[s] = acc * scale;
@@ -111,14 +111,15 @@ class ReferenceBackend final : public Backend {
         float* o = frow(out, t) + h * out.stride[1];
         for (int64_t d = 0; d < Dv; ++d) {
           double acc = 0;
-          for (int64_t s = 0; s < S; ++s) acc += p[s] * (frow(v, s) + kh * v.stride[1])[d];
+          for (int64_t s = 0; s < S; ++s) acc += p[s] * (frow(v, rows.phys(s)) + kh * v.stride[1])[d];
           o[d] = static_cast<float>(acc / sum);
         }
       }
   }
 
   void mla_attention(TensorView out, const TensorView& q_nope, const TensorView& q_pe, const TensorView& latent,
-                     const TensorView& k_pe, const Linear& kv_b, int64_t past, float scale) override {
+                     const TensorView& k_pe, const Linear& kv_b, int64_t past, float scale,
+                     const PagedRows& rows) override {
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2];
     std::vector<float> w((Dn + Dv) * C);
@@ -137,8 +138,8 @@ class ReferenceBackend final : public Backend {
         const float* qp = frow(q_pe, t) + h * q_pe.stride[1];
         for (int64_t s = 0; s < S; ++s) {
           double acc = 0;
-          for (int64_t c = 0; c < C; ++c) acc += ql[c] * frow(latent, s)[c];
-          for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(qp[r]) * frow(k_pe, s)[r];
+          for (int64_t c = 0; c < C; ++c) acc += ql[c] * frow(latent, rows.phys(s))[c];
+          for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(qp[r]) * frow(k_pe, rows.phys(s))[r];
           p[s] = acc * scale;
           mx = std::max(mx, p[s]);
         }
@@ -146,7 +147,7 @@ class ReferenceBackend final : public Backend {
         for (auto& e : p) sum += (e = std::exp(e - mx));
         std::vector<double> ol(C, 0.0);
         for (int64_t s = 0; s < S; ++s)
-          for (int64_t c = 0; c < C; ++c) ol[c] += p[s] / sum * frow(latent, s)[c];
+          for (int64_t c = 0; c < C; ++c) ol[c] += p[s] / sum * frow(latent, rows.phys(s))[c];
         float* o = frow(out, t) + h * out.stride[1];
         for (int64_t d = 0; d < Dv; ++d) {
           double acc = 0;

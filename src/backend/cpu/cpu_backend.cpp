@@ -128,13 +128,13 @@ class CpuBackend final : public Backend {
     }, 8);
   }
 
-  void copy_rows(TensorView dst, int64_t r0, const TensorView& src) override {
+  void copy_rows(TensorView dst, int64_t r0, const TensorView& src, const PagedRows& rows) override {
     const int64_t T = src.shape[0], D = src.numel() / src.shape[0];
-    for (int64_t t = 0; t < T; ++t) std::memcpy(frow(dst, r0 + t), frow(src, t), D * sizeof(float));
+    for (int64_t t = 0; t < T; ++t) std::memcpy(frow(dst, rows.phys(r0 + t)), frow(src, t), D * sizeof(float));
   }
 
   void attention(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, int64_t past,
-                 float scale) override {
+                 float scale, const PagedRows& rows) override {
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
     const int64_t group = Hq / Hkv, S_max = past + T;
     pool_.parallel_for(T * Hq, [&](int64_t b, int64_t e, int tid) {
@@ -144,14 +144,14 @@ class CpuBackend final : public Backend {
         const float* qr = frow(q, t) + h * q.stride[1];
         float mx = -INFINITY;
         for (int64_t s = 0; s < S; ++s) {
-          p[s] = dot(qr, frow(k, s) + kh * k.stride[1], D) * scale;
+          p[s] = dot(qr, frow(k, rows.phys(s)) + kh * k.stride[1], D) * scale;
           mx = std::max(mx, p[s]);
         }
         float sum = 0;
         for (int64_t s = 0; s < S; ++s) sum += (p[s] = std::exp(p[s] - mx));
         float* o = frow(out, t) + h * out.stride[1];
         std::fill(o, o + Dv, 0.0f);
-        for (int64_t s = 0; s < S; ++s) axpy(o, p[s], frow(v, s) + kh * v.stride[1], Dv);
+        for (int64_t s = 0; s < S; ++s) axpy(o, p[s], frow(v, rows.phys(s)) + kh * v.stride[1], Dv);
         const float inv = 1.0f / sum;
         for (int64_t d = 0; d < Dv; ++d) o[d] *= inv;
       }
@@ -159,7 +159,8 @@ class CpuBackend final : public Backend {
   }
 
   void mla_attention(TensorView out, const TensorView& q_nope, const TensorView& q_pe, const TensorView& latent,
-                     const TensorView& k_pe, const Linear& kv_b, int64_t past, float scale) override {
+                     const TensorView& k_pe, const Linear& kv_b, int64_t past, float scale,
+                     const PagedRows& rows) override {
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2], S_max = past + T;
     pool_.parallel_for(H, [&](int64_t b, int64_t e, int tid) {
@@ -179,13 +180,13 @@ class CpuBackend final : public Backend {
           const int64_t S = past + t + 1;
           float mx = -INFINITY;
           for (int64_t s = 0; s < S; ++s) {
-            p[s] = (dot(ql, frow(latent, s), C) + dot(qp, frow(k_pe, s), R)) * scale;
+            p[s] = (dot(ql, frow(latent, rows.phys(s)), C) + dot(qp, frow(k_pe, rows.phys(s)), R)) * scale;
             mx = std::max(mx, p[s]);
           }
           float sum = 0;
           for (int64_t s = 0; s < S; ++s) sum += (p[s] = std::exp(p[s] - mx));
           std::fill(ol, ol + C, 0.0f);
-          for (int64_t s = 0; s < S; ++s) axpy(ol, p[s], frow(latent, s), C);
+          for (int64_t s = 0; s < S; ++s) axpy(ol, p[s], frow(latent, rows.phys(s)), C);
           const float inv = 1.0f / sum;
           float* o = frow(out, t) + h * out.stride[1];
           for (int64_t d = 0; d < Dv; ++d) o[d] = dot(ol, wv + d * C, C) * inv;
