@@ -256,6 +256,18 @@ TEST(Jinja, LimitsTurnRunawayTemplatesIntoErrors) {
   }
   EXPECT_TRUE(has(E("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"), "nested deeper")) ;
   EXPECT_TRUE(has(E("{{ 'x' * 100000000000 }}"), "too large"));
+  // Values nested deeper than kMaxValueDepth (built in a loop, or passed in) are an error, not a
+  // stack overflow in the printer / comparison / destructor.
+  EXPECT_TRUE(has(E("{% set ns = namespace(x=1) %}{% for i in range(20000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}"),
+                  "nested too deeply"));
+  std::string deep_json = std::string(20000, '[') + std::string(20000, ']');
+  EXPECT_TRUE(has(E("{{ x }}", R"({"x": )" + deep_json + "}"), "nested too deeply"));
+  // Recursive macros whose bodies nest blocks: bounded by the interpreter's recursion limit.
+  std::string nested_ifs = "{% macro m() %}";
+  for (int i = 0; i < 300; ++i) nested_ifs += "{% if true %}";
+  nested_ifs += "{{ m() }}";
+  for (int i = 0; i < 300; ++i) nested_ifs += "{% endif %}";
+  EXPECT_TRUE(has(E(nested_ifs + "{% endmacro %}{{ m() }}"), "too deep")) << E(nested_ifs + "{% endmacro %}{{ m() }}");
   std::string deep(3000, '(');
   EXPECT_TRUE(has(E("{{ " + deep + " }}"), "nested too deeply"));
   std::string chain = "{{ 1";

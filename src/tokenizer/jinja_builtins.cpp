@@ -175,6 +175,7 @@ static Value dict_method(const Value& self, const std::string& name) {
     return method(self, name, [self](const CallArgs&) -> Value {
       Value d = Value::dict();
       d.dict_obj().items = self.dict_obj().items;
+      d.dict_obj().depth = self.dict_obj().depth;
       return d;
     });
   if (name == "update" || name == "pop" || name == "setdefault" || name == "clear" || name == "popitem")
