@@ -275,6 +275,11 @@ TEST(Jinja, LimitsTurnRunawayTemplatesIntoErrors) {
   EXPECT_TRUE(has(E(chain + " }}"), "nested too deeply"));
 }
 
+TEST(Jinja, GenerationBlockRendersItsBody) {
+  // transformers' AssistantTracker extension tag: {% generation %} marks assistant text; we render it as is.
+  EXPECT_EQ(R("a{% generation %}b{{ 1 }}{% endgeneration %}c"), "ab1c");
+}
+
 TEST(Jinja, ParseOnceRenderMany) {
   Template t("{% for m in messages %}{{ m }},{% endfor %}");
   EXPECT_EQ(t.render(nlohmann::ordered_json::parse(R"({"messages": [1, 2]})")), "1,2,");
