@@ -96,6 +96,10 @@ TEST(Jinja, Scoping) {
             "12(1, 2)");
 }
 
+TEST(Jinja, WithBlock) {
+  EXPECT_EQ(R("{% set a = 1 %}{% with a = 2, b = a %}{{ a }}{{ b }}{% set c = 3 %}{% endwith %}{{ a }}{{ c }}"), "211");
+}
+
 TEST(Jinja, Macros) {
   EXPECT_EQ(R("{% macro f(a, b='d') %}<{{ a }}{{ b }}>{% endmacro %}{{ f(1) }}{{ f(2, 3) }}{{ f(a=4, b=5) }}"),
             "<1d><23><45>");

@@ -184,6 +184,11 @@ class Interp {
       case StmtKind::Break: return Flow::Break;
       case StmtKind::Continue: return Flow::Continue;
       case StmtKind::Scope: return exec_body(s.body, scope, out);
+      case StmtKind::With: {
+        auto inner = child_scope(scope);
+        for (const auto& [name, e] : s.params) inner->vars[name] = eval(*e, scope);
+        return exec_body(s.body, inner, out);
+      }
     }
     return Flow::Normal;
   }
