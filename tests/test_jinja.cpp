@@ -49,6 +49,8 @@ TEST(Jinja, WhitespaceControl) {
             "abc");
   EXPECT_EQ(R("{{+ 1 }}|{%+ if true %}x{% endif %}"),
             "1|x");
+  // Unicode whitespace counts as whitespace for `-` stripping and inside tags, as in Jinja2's regexes.
+  EXPECT_EQ(R("{{\u00a0'x'\u3000}}a\u00a0 {%- if true -%}\u2003b{% endif %}"), "xab");
   EXPECT_EQ(R("line\n"),
             "line");
   EXPECT_EQ(R("a\r\nb"),
