@@ -128,6 +128,11 @@ TEST(Jinja, Expressions) {
             "False");
 }
 
+TEST(Jinja, IntegerLiterals) {
+  EXPECT_EQ(R("{{ 0x1F }} {{ 0o17 }} {{ 0b101 }} {{ 0x_ff }} {{ 1_000 }} {{ 00 }}"), "31 15 5 255 1000 0");
+  EXPECT_TRUE(has(E("{{ 99999999999999999999 }}"), "out of range"));
+}
+
 TEST(Jinja, Slicing) {
   EXPECT_EQ(R("{{ 'abc'[::-1] }} {{ [1, 2, 3, 4][1:3] }} {{ [1, 2, 3, 4][::-2] }} {{ 'héllo'[1:] }} {{ 'abcdef'[-2:] }} {{ [1, 2, 3][5:] }} {{ 'abc'[-10:-1] }} {{ 'héllo'[1] }} {{ [1, 2, 3][-1] }}"),
             "cba [2, 3] [4, 2] éllo ef [] ab é 3");

@@ -272,6 +272,24 @@ class Lexer {
 
   void lex_number(int line) {
     size_t s = pos_;
+    if (src_[pos_] == '0' && pos_ + 2 < src_.size()) {  // 0x1f, 0o17, 0b101 (underscores allowed)
+      char k = static_cast<char>(std::tolower(static_cast<unsigned char>(src_[pos_ + 1])));
+      int base = k == 'x' ? 16 : k == 'o' ? 8 : k == 'b' ? 2 : 0;
+      auto digit_ok = [&](char c) { int v = hexval(c); return v >= 0 && v < base; };
+      if (base && (digit_ok(src_[pos_ + 2]) || (src_[pos_ + 2] == '_' && pos_ + 3 < src_.size() && digit_ok(src_[pos_ + 3])))) {
+        pos_ += 2;
+        uint64_t v = 0;
+        while (pos_ < src_.size() && (digit_ok(src_[pos_]) || (src_[pos_] == '_' && pos_ + 1 < src_.size() && digit_ok(src_[pos_ + 1])))) {
+          if (src_[pos_] != '_') {
+            v = v * static_cast<uint64_t>(base) + static_cast<uint64_t>(hexval(src_[pos_]));
+            if (v > static_cast<uint64_t>(INT64_MAX)) error("integer literal out of range", line);
+          }
+          ++pos_;
+        }
+        tokens_.push_back({Tok::Int, std::to_string(v), line});
+        return;
+      }
+    }
     auto digits = [&] {
       while (pos_ < src_.size() && (std::isdigit(static_cast<unsigned char>(src_[pos_])) ||
                                     (src_[pos_] == '_' && pos_ + 1 < src_.size() &&
