@@ -19,8 +19,7 @@ class Parser {
 
   TemplateAst parse() {
     TemplateAst ast;
-    std::string end = parse_body(ast.body, {});
-    (void)end;
+    parse_body(ast.body, {});
     return ast;
   }
 
