@@ -45,14 +45,12 @@ static std::string str_arg(const CallArgs& a, size_t i, const char* name, const 
   return v.str();
 }
 
-static bool opt_none(const Value* v) { return !v || v->is_none() || v->is_undefined(); }
-
 static Value string_method(const Value& self, const std::string& name) {
   const std::string s = self.str();
   auto strip_fn = [s, name](int mode) {
     return [s, name, mode](const CallArgs& a) -> Value {
       const Value* c = a.get(0, "chars");
-      if (opt_none(c)) return Value(py_strip(s, nullptr, mode));
+      if (!given(c)) return Value(py_strip(s, nullptr, mode));
       if (!c->is_string()) fail(cat(name, "() arg must be None or str"));
       return Value(py_strip(s, &c->str(), mode));
     };
@@ -65,9 +63,9 @@ static Value string_method(const Value& self, const std::string& name) {
     return method(name, [s, r](const CallArgs& a) -> Value {
       const Value* sep = a.get(0, "sep");
       const Value* mx = a.get(1, "maxsplit");
-      int64_t maxsplit = opt_none(mx) ? -1 : to_index(*mx, "maxsplit");
+      int64_t maxsplit = !given(mx) ? -1 : to_index(*mx, "maxsplit");
       std::vector<std::string> parts;
-      if (opt_none(sep)) {
+      if (!given(sep)) {
         parts = py_split_ws(s, maxsplit, r);
       } else {
         if (!sep->is_string()) fail("split() separator must be str or None");
@@ -107,7 +105,7 @@ static Value string_method(const Value& self, const std::string& name) {
     return method(name, [s](const CallArgs& a) -> Value {
       std::string old = str_arg(a, 0, "old", "replace"), nw = str_arg(a, 1, "new", "replace");
       const Value* c = a.get(2, "count");
-      return Value(py_replace(s, old, nw, opt_none(c) ? -1 : to_index(*c, "count")));
+      return Value(py_replace(s, old, nw, !given(c) ? -1 : to_index(*c, "count")));
     });
   if (name == "find" || name == "rfind" || name == "index" || name == "rindex") {
     return method(name, [s, name](const CallArgs& a) -> Value {

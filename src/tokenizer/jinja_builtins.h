@@ -8,6 +8,9 @@
 
 namespace dsfuse::tmpl {
 
+// An optional call argument that was passed and is neither None nor Undefined.
+inline bool given(const Value* v) { return v && !v->is_none() && !v->is_undefined(); }
+
 // Raises the Undefined's message ("'x' is undefined") if v is Undefined.
 void check_defined(const Value& v);
 

@@ -15,7 +15,6 @@ using FilterFn = Value (*)(const Value&, const CallArgs&);
 using TestFn = bool (*)(const Value&, const CallArgs&);
 
 const Value* arg(const CallArgs& a, size_t i, const char* name) { return a.get(i, name); }
-bool given(const Value* v) { return v && !v->is_none() && !v->is_undefined(); }
 bool flag(const CallArgs& a, size_t i, const char* name) {
   const Value* v = arg(a, i, name);
   return v && v->truthy();

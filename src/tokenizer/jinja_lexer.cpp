@@ -57,7 +57,13 @@ std::string rstrip_ws(const std::string& s) {
   return s.substr(0, e);
 }
 
-bool all_ws_from(const std::string& s, size_t p) { return p < s.size() && skip_ws(s, p) == s.size(); }
+// lstrip_blocks: drops the whitespace between the start of the line and a block tag when nothing
+// else is on that line. `line_starting`: `text` itself begins a line.
+void lstrip_line(std::string& text, bool line_starting) {
+  size_t l_pos = text.rfind('\n');
+  l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
+  if ((l_pos > 0 || line_starting) && l_pos < text.size() && skip_ws(text, l_pos) == text.size()) text.resize(l_pos);
+}
 
 void append_utf8(std::string& out, uint32_t cp) { out += utf8_encode(std::u32string(1, static_cast<char32_t>(cp))); }
 
@@ -99,11 +105,7 @@ class Lexer {
       if (sign == '-') {
         text = rstrip_ws(text);
       } else if (sign != '+' && opt_.lstrip_blocks && kind != '{') {
-        size_t l_pos = text.rfind('\n');
-        l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
-        if (l_pos > 0 || line_starting) {
-          if (all_ws_from(text, l_pos)) text.resize(l_pos);
-        }
+        lstrip_line(text, line_starting);
       }
       emit_text(text);
       line_ = line_at(tag);
@@ -202,12 +204,7 @@ class Lexer {
       if (bsign == '-') {
         body = rstrip_ws(body);
       } else if (bsign != '+' && opt_.lstrip_blocks) {  // lstrip_blocks applies to {% endraw %} too
-        size_t l_pos = body.rfind('\n');
-        l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
-        bool begin_ended_line = p > 0 && src_[p - 1] == '\n';
-        if (l_pos > 0 || begin_ended_line) {
-          if (all_ws_from(body, l_pos)) body.resize(l_pos);
-        }
+        lstrip_line(body, p > 0 && src_[p - 1] == '\n');
       }
       pos_ = p;
       emit_text(body);
