@@ -49,6 +49,8 @@ TEST(Jinja, WhitespaceControl) {
             "abc");
   EXPECT_EQ(R("{{+ 1 }}|{%+ if true %}x{% endif %}"),
             "1|x");
+  // Unicode whitespace counts as whitespace for `-` stripping and inside tags, as in Jinja2's regexes.
+  EXPECT_EQ(R("{{\u00a0'x'\u3000}}a\u00a0 {%- if true -%}\u2003b{% endif %}"), "xab");
   EXPECT_EQ(R("line\n"),
             "line");
   EXPECT_EQ(R("a\r\nb"),
@@ -96,6 +98,10 @@ TEST(Jinja, Scoping) {
             "12(1, 2)");
 }
 
+TEST(Jinja, WithBlock) {
+  EXPECT_EQ(R("{% set a = 1 %}{% with a = 2, b = a %}{{ a }}{{ b }}{% set c = 3 %}{% endwith %}{{ a }}{{ c }}"), "211");
+}
+
 TEST(Jinja, Macros) {
   EXPECT_EQ(R("{% macro f(a, b='d') %}<{{ a }}{{ b }}>{% endmacro %}{{ f(1) }}{{ f(2, 3) }}{{ f(a=4, b=5) }}"),
             "<1d><23><45>");
@@ -120,6 +126,11 @@ TEST(Jinja, Expressions) {
             "éA\n\t|ab 1000 1500.0 True None");
   EXPECT_EQ(R("{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{{ add_generation_prompt }}"),
             "False");
+}
+
+TEST(Jinja, IntegerLiterals) {
+  EXPECT_EQ(R("{{ 0x1F }} {{ 0o17 }} {{ 0b101 }} {{ 0x_ff }} {{ 1_000 }} {{ 00 }}"), "31 15 5 255 1000 0");
+  EXPECT_TRUE(has(E("{{ 99999999999999999999 }}"), "out of range"));
 }
 
 TEST(Jinja, Slicing) {
@@ -256,11 +267,28 @@ TEST(Jinja, LimitsTurnRunawayTemplatesIntoErrors) {
   }
   EXPECT_TRUE(has(E("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"), "nested deeper")) ;
   EXPECT_TRUE(has(E("{{ 'x' * 100000000000 }}"), "too large"));
+  // Values nested deeper than kMaxValueDepth (built in a loop, or passed in) are an error, not a
+  // stack overflow in the printer / comparison / destructor.
+  EXPECT_TRUE(has(E("{% set ns = namespace(x=1) %}{% for i in range(20000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}"),
+                  "nested too deeply"));
+  std::string deep_json = std::string(20000, '[') + std::string(20000, ']');
+  EXPECT_TRUE(has(E("{{ x }}", R"({"x": )" + deep_json + "}"), "nested too deeply"));
+  // Recursive macros whose bodies nest blocks: bounded by the interpreter's recursion limit.
+  std::string nested_ifs = "{% macro m() %}";
+  for (int i = 0; i < 300; ++i) nested_ifs += "{% if true %}";
+  nested_ifs += "{{ m() }}";
+  for (int i = 0; i < 300; ++i) nested_ifs += "{% endif %}";
+  EXPECT_TRUE(has(E(nested_ifs + "{% endmacro %}{{ m() }}"), "too deep")) << E(nested_ifs + "{% endmacro %}{{ m() }}");
   std::string deep(3000, '(');
   EXPECT_TRUE(has(E("{{ " + deep + " }}"), "nested too deeply"));
   std::string chain = "{{ 1";
   for (int i = 0; i < 5000; ++i) chain += " + 1";
   EXPECT_TRUE(has(E(chain + " }}"), "nested too deeply"));
+}
+
+TEST(Jinja, GenerationBlockRendersItsBody) {
+  // transformers' AssistantTracker extension tag: {% generation %} marks assistant text; we render it as is.
+  EXPECT_EQ(R("a{% generation %}b{{ 1 }}{% endgeneration %}c"), "ab1c");
 }
 
 TEST(Jinja, ParseOnceRenderMany) {

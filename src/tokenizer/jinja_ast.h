@@ -64,6 +64,7 @@ enum class StmtKind {
   Break,
   Continue,
   Scope,        // body run as is (generation blocks)
+  With,         // {% with a = x, b = y %}body{% endwith %}: params hold the assignments
 };
 
 struct Stmt {

@@ -18,7 +18,7 @@ void check_defined(const Value& v) {
 
 static std::string obj_desc(const Value& v) {
   if (v.is_none()) return "'None'";
-  return "'" + v.type_name() + " object'";
+  return cat("'", v.type_name(), " object'");
 }
 
 static int64_t to_index(const Value& v, const char* what) {
@@ -28,8 +28,7 @@ static int64_t to_index(const Value& v, const char* what) {
 
 // ---------------- methods ----------------
 
-static Value method(const Value& self, const std::string& name, Func fn) {
-  (void)self;
+static Value method(const std::string& name, Func fn) {
   return Value::func(name, std::move(fn));
 }
 
@@ -46,29 +45,27 @@ static std::string str_arg(const CallArgs& a, size_t i, const char* name, const 
   return v.str();
 }
 
-static bool opt_none(const Value* v) { return !v || v->is_none() || v->is_undefined(); }
-
 static Value string_method(const Value& self, const std::string& name) {
   const std::string s = self.str();
   auto strip_fn = [s, name](int mode) {
     return [s, name, mode](const CallArgs& a) -> Value {
       const Value* c = a.get(0, "chars");
-      if (opt_none(c)) return Value(py_strip(s, nullptr, mode));
+      if (!given(c)) return Value(py_strip(s, nullptr, mode));
       if (!c->is_string()) fail(cat(name, "() arg must be None or str"));
       return Value(py_strip(s, &c->str(), mode));
     };
   };
-  if (name == "strip") return method(self, name, strip_fn(3));
-  if (name == "lstrip") return method(self, name, strip_fn(1));
-  if (name == "rstrip") return method(self, name, strip_fn(2));
+  if (name == "strip") return method(name, strip_fn(3));
+  if (name == "lstrip") return method(name, strip_fn(1));
+  if (name == "rstrip") return method(name, strip_fn(2));
   if (name == "split" || name == "rsplit") {
     bool r = name == "rsplit";
-    return method(self, name, [s, r](const CallArgs& a) -> Value {
+    return method(name, [s, r](const CallArgs& a) -> Value {
       const Value* sep = a.get(0, "sep");
       const Value* mx = a.get(1, "maxsplit");
-      int64_t maxsplit = opt_none(mx) ? -1 : to_index(*mx, "maxsplit");
+      int64_t maxsplit = !given(mx) ? -1 : to_index(*mx, "maxsplit");
       std::vector<std::string> parts;
-      if (opt_none(sep)) {
+      if (!given(sep)) {
         parts = py_split_ws(s, maxsplit, r);
       } else {
         if (!sep->is_string()) fail("split() separator must be str or None");
@@ -81,14 +78,14 @@ static Value string_method(const Value& self, const std::string& name) {
     });
   }
   if (name == "splitlines")
-    return method(self, name, [s](const CallArgs&) -> Value {
+    return method(name, [s](const CallArgs&) -> Value {
       std::vector<Value> out;
       for (auto& l : py_splitlines(s)) out.emplace_back(std::move(l));
       return Value::list(std::move(out));
     });
   if (name == "startswith" || name == "endswith") {
     bool ends = name == "endswith";
-    return method(self, name, [s, ends, name](const CallArgs& a) -> Value {
+    return method(name, [s, ends, name](const CallArgs& a) -> Value {
       const Value& p = arg_or_fail(a, 0, "prefix", name);
       std::vector<Value> cands = p.is_tuple() ? p.items() : std::vector<Value>{p};
       for (const auto& c : cands) {
@@ -100,18 +97,18 @@ static Value string_method(const Value& self, const std::string& name) {
       return Value(false);
     });
   }
-  if (name == "upper") return method(self, name, [s](const CallArgs&) { return Value(str_upper(s)); });
-  if (name == "lower") return method(self, name, [s](const CallArgs&) { return Value(str_lower(s)); });
-  if (name == "title") return method(self, name, [s](const CallArgs&) { return Value(py_title(s)); });
-  if (name == "capitalize") return method(self, name, [s](const CallArgs&) { return Value(py_capitalize(s)); });
+  if (name == "upper") return method(name, [s](const CallArgs&) { return Value(str_upper(s)); });
+  if (name == "lower") return method(name, [s](const CallArgs&) { return Value(str_lower(s)); });
+  if (name == "title") return method(name, [s](const CallArgs&) { return Value(py_title(s)); });
+  if (name == "capitalize") return method(name, [s](const CallArgs&) { return Value(py_capitalize(s)); });
   if (name == "replace")
-    return method(self, name, [s](const CallArgs& a) -> Value {
+    return method(name, [s](const CallArgs& a) -> Value {
       std::string old = str_arg(a, 0, "old", "replace"), nw = str_arg(a, 1, "new", "replace");
       const Value* c = a.get(2, "count");
-      return Value(py_replace(s, old, nw, opt_none(c) ? -1 : to_index(*c, "count")));
+      return Value(py_replace(s, old, nw, !given(c) ? -1 : to_index(*c, "count")));
     });
   if (name == "find" || name == "rfind" || name == "index" || name == "rindex") {
-    return method(self, name, [s, name](const CallArgs& a) -> Value {
+    return method(name, [s, name](const CallArgs& a) -> Value {
       std::string sub = str_arg(a, 0, "sub", name);
       bool rev = name[0] == 'r';
       size_t pos = rev ? s.rfind(sub) : s.find(sub);
@@ -123,7 +120,7 @@ static Value string_method(const Value& self, const std::string& name) {
     });
   }
   if (name == "count")
-    return method(self, name, [s](const CallArgs& a) -> Value {
+    return method(name, [s](const CallArgs& a) -> Value {
       std::string sub = str_arg(a, 0, "sub", "count");
       if (sub.empty()) return Value(static_cast<int64_t>(utf8_decode(s).size() + 1));
       int64_t n = 0;
@@ -131,7 +128,7 @@ static Value string_method(const Value& self, const std::string& name) {
       return Value(n);
     });
   if (name == "join")
-    return method(self, name, [s](const CallArgs& a) -> Value {
+    return method(name, [s](const CallArgs& a) -> Value {
       const Value& it = arg_or_fail(a, 0, "iterable", "join");
       std::string out;
       bool first = true;
@@ -143,16 +140,16 @@ static Value string_method(const Value& self, const std::string& name) {
       }
       return Value(out);
     });
-  if (name == "format") return method(self, name, [s](const CallArgs& a) { return Value(py_str_format(s, a)); });
+  if (name == "format") return method(name, [s](const CallArgs& a) { return Value(py_str_format(s, a)); });
   if (name == "isdigit" || name == "isalpha" || name == "isalnum" || name == "isspace" || name == "isupper" ||
       name == "islower" || name == "isnumeric" || name == "isdecimal")
-    return method(self, name, [s, name](const CallArgs&) { return Value(py_is_class(s, name)); });
+    return method(name, [s, name](const CallArgs&) { return Value(py_is_class(s, name)); });
   return Value::undefined(cat("'str object' has no attribute '", name, "'"));
 }
 
 static Value dict_method(const Value& self, const std::string& name) {
   if (name == "get")
-    return method(self, name, [self](const CallArgs& a) -> Value {
+    return method(name, [self](const CallArgs& a) -> Value {
       const Value* k = a.get(0, "key");
       if (!k) fail("get() missing required argument 'key'");
       check_defined(*k);
@@ -162,7 +159,7 @@ static Value dict_method(const Value& self, const std::string& name) {
       return def ? *def : Value::none();
     });
   if (name == "items" || name == "keys" || name == "values")
-    return method(self, name, [self, name](const CallArgs&) -> Value {
+    return method(name, [self, name](const CallArgs&) -> Value {
       std::vector<Value> out;
       for (const auto& [k, v] : self.dict_obj().items) {
         if (name == "items") out.push_back(Value::list({Value(k), v}, true));
@@ -172,13 +169,14 @@ static Value dict_method(const Value& self, const std::string& name) {
       return Value::list(std::move(out));
     });
   if (name == "copy")
-    return method(self, name, [self](const CallArgs&) -> Value {
+    return method(name, [self](const CallArgs&) -> Value {
       Value d = Value::dict();
       d.dict_obj().items = self.dict_obj().items;
+      d.dict_obj().depth = self.dict_obj().depth;
       return d;
     });
   if (name == "update" || name == "pop" || name == "setdefault" || name == "clear" || name == "popitem")
-    return method(self, name, [name](const CallArgs&) -> Value {
+    return method(name, [name](const CallArgs&) -> Value {
       fail(cat("access to attribute '", name, "' of 'dict' object is unsafe (templates cannot modify data)"));
     });
   return Value();
@@ -186,14 +184,14 @@ static Value dict_method(const Value& self, const std::string& name) {
 
 static Value list_method(const Value& self, const std::string& name) {
   if (name == "count")
-    return method(self, name, [self](const CallArgs& a) -> Value {
+    return method(name, [self](const CallArgs& a) -> Value {
       const Value& x = arg_or_fail(a, 0, "value", "count");
       int64_t n = 0;
       for (const auto& v : self.items()) n += values_equal(v, x);
       return Value(n);
     });
   if (name == "index")
-    return method(self, name, [self](const CallArgs& a) -> Value {
+    return method(name, [self](const CallArgs& a) -> Value {
       const Value& x = arg_or_fail(a, 0, "value", "index");
       for (size_t i = 0; i < self.items().size(); ++i)
         if (values_equal(self.items()[i], x)) return Value(static_cast<int64_t>(i));
@@ -201,7 +199,7 @@ static Value list_method(const Value& self, const std::string& name) {
     });
   if (name == "append" || name == "extend" || name == "pop" || name == "insert" || name == "remove" ||
       name == "sort" || name == "reverse" || name == "clear")
-    return method(self, name, [name](const CallArgs&) -> Value {
+    return method(name, [name](const CallArgs&) -> Value {
       fail(cat("access to attribute '", name, "' of 'list' object is unsafe (templates cannot modify data)"));
     });
   return Value();

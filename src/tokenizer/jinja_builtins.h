@@ -8,6 +8,9 @@
 
 namespace dsfuse::tmpl {
 
+// An optional call argument that was passed and is neither None nor Undefined.
+inline bool given(const Value* v) { return v && !v->is_none() && !v->is_undefined(); }
+
 // Raises the Undefined's message ("'x' is undefined") if v is Undefined.
 void check_defined(const Value& v);
 
@@ -25,7 +28,8 @@ bool has_test(const std::string& name);
 Value call_filter(const std::string& name, const Value& v, const CallArgs& args);
 bool call_test(const std::string& name, const Value& v, const CallArgs& args);
 
-// Globals of Hugging Face's environment: range, namespace, dict, raise_exception, strftime_now.
+// Globals: range, dict, strftime_now (namespace and raise_exception belong to the evaluator,
+// jinja_eval.cpp, which tracks namespaces and keeps raise_exception messages verbatim).
 void add_globals(DictObj& globals, size_t max_size);
 
 }  // namespace dsfuse::tmpl

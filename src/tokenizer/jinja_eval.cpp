@@ -97,6 +97,19 @@ class Interp {
   int call_depth_ = 0;
   std::vector<Value> namespaces_;
 
+  // Bounds the C++ recursion of exec/eval (nested blocks x recursive macro calls).
+  int depth_ = 0;
+  struct Nest {
+    Interp& in;
+    explicit Nest(Interp& i) : in(i) {
+      if (++in.depth_ > 2500) {
+        --in.depth_;
+        fail("template recursion too deep (nested blocks and macro calls)");
+      }
+    }
+    ~Nest() { --in.depth_; }
+  };
+
   void step() {
     if (++steps_ > lim_.max_steps) fail(cat("template exceeded ", lim_.max_steps, " loop iterations / macro calls"));
   }
@@ -117,6 +130,7 @@ class Interp {
   }
 
   Flow exec(const Stmt& s, const ScopePtr& scope, std::string& out) {
+    Nest nest(*this);
     line_ = s.line;
     switch (s.kind) {
       case StmtKind::Text: emit(out, s.text); return Flow::Normal;
@@ -170,6 +184,11 @@ class Interp {
       case StmtKind::Break: return Flow::Break;
       case StmtKind::Continue: return Flow::Continue;
       case StmtKind::Scope: return exec_body(s.body, scope, out);
+      case StmtKind::With: {
+        auto inner = child_scope(scope);
+        for (const auto& [name, e] : s.params) inner->vars[name] = eval(*e, scope);
+        return exec_body(s.body, inner, out);
+      }
     }
     return Flow::Normal;
   }
@@ -291,6 +310,7 @@ class Interp {
   }
 
   Value eval(const Expr& e, const ScopePtr& scope) {
+    Nest nest(*this);
     line_ = e.line;
     switch (e.kind) {
       case ExprKind::Literal: return e.value;

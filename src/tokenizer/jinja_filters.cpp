@@ -15,7 +15,6 @@ using FilterFn = Value (*)(const Value&, const CallArgs&);
 using TestFn = bool (*)(const Value&, const CallArgs&);
 
 const Value* arg(const CallArgs& a, size_t i, const char* name) { return a.get(i, name); }
-bool given(const Value* v) { return v && !v->is_none() && !v->is_undefined(); }
 bool flag(const CallArgs& a, size_t i, const char* name) {
   const Value* v = arg(a, i, name);
   return v && v->truthy();
@@ -304,11 +303,12 @@ Value f_indent(const Value& v, const CallArgs& a) {
   bool first = flag(a, 1, "first"), blank = flag(a, 2, "blank");
   std::vector<std::string> lines = py_splitlines(v.to_str() + "\n");
   std::string rv;
-  if (blank) {
-    for (size_t i = 0; i < lines.size(); ++i) rv += (i ? "\n" + ind : std::string()) + lines[i];
-  } else {
-    rv = lines.empty() ? std::string() : lines[0];
-    for (size_t i = 1; i < lines.size(); ++i) rv += "\n" + (lines[i].empty() ? std::string() : ind) + lines[i];
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (i > 0) {
+      rv += '\n';
+      if (blank || !lines[i].empty()) rv += ind;
+    }
+    rv += lines[i];
   }
   if (first) rv = ind + rv;
   return Value(rv);

@@ -27,14 +27,42 @@ const char* tok_name(Tok t) {
 
 namespace {
 
-bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+// Whitespace as Jinja's regexes (\s) and str.rstrip() see it: Unicode whitespace, UTF-8 encoded.
+// Byte length of the whitespace code point starting at p (0 if none).
+size_t ws_at(const std::string& s, size_t p) {
+  if (p >= s.size()) return 0;
+  unsigned char c = static_cast<unsigned char>(s[p]);
+  if (c < 0x80) return py_isspace(c) ? 1 : 0;
+  size_t n = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : 0;
+  if (n == 0 || p + n > s.size()) return 0;
+  std::u32string u = utf8_decode(std::string_view(s).substr(p, n));
+  return u.size() == 1 && py_isspace(u[0]) ? n : 0;
+}
 
-// Python str.rstrip() on ASCII whitespace (template text is what Jinja's regexes see; \s there is
-// Unicode-aware, but templates only ever carry ASCII whitespace around tags).
+// Byte length of the whitespace code point ending just before e (0 if none).
+size_t ws_before(const std::string& s, size_t e) {
+  for (size_t n = 1; n <= 3 && n <= e; ++n)
+    if (ws_at(s, e - n) == n) return n;
+  return 0;
+}
+
+size_t skip_ws(const std::string& s, size_t p) {
+  while (size_t n = ws_at(s, p)) p += n;
+  return p;
+}
+
 std::string rstrip_ws(const std::string& s) {
   size_t e = s.size();
-  while (e > 0 && is_ws(s[e - 1])) --e;
+  while (size_t n = ws_before(s, e)) e -= n;
   return s.substr(0, e);
+}
+
+// lstrip_blocks: drops the whitespace between the start of the line and a block tag when nothing
+// else is on that line. `line_starting`: `text` itself begins a line.
+void lstrip_line(std::string& text, bool line_starting) {
+  size_t l_pos = text.rfind('\n');
+  l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
+  if ((l_pos > 0 || line_starting) && l_pos < text.size() && skip_ws(text, l_pos) == text.size()) text.resize(l_pos);
 }
 
 void append_utf8(std::string& out, uint32_t cp) { out += utf8_encode(std::u32string(1, static_cast<char32_t>(cp))); }
@@ -77,14 +105,7 @@ class Lexer {
       if (sign == '-') {
         text = rstrip_ws(text);
       } else if (sign != '+' && opt_.lstrip_blocks && kind != '{') {
-        size_t l_pos = text.rfind('\n');
-        l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
-        if (l_pos > 0 || line_starting) {
-          bool all_ws = l_pos < text.size();
-          for (size_t i = l_pos; i < text.size(); ++i)
-            if (!is_ws(text[i])) all_ws = false;
-          if (all_ws) text.resize(l_pos);
-        }
+        lstrip_line(text, line_starting);
       }
       emit_text(text);
       line_ = line_at(tag);
@@ -137,7 +158,7 @@ class Lexer {
   bool finish_tag(size_t p, char sign, bool is_block) {
     size_t q = p;
     if (sign == '-') {
-      while (q < src_.size() && is_ws(src_[q])) ++q;
+      q = skip_ws(src_, q);
     } else if (sign != '+' && is_block && opt_.trim_blocks && q < src_.size() && src_[q] == '\n') {
       ++q;
     }
@@ -156,26 +177,26 @@ class Lexer {
   // `{% raw %}...{% endraw %}`: the body is text, untouched.
   bool lex_raw() {
     size_t p = pos_;
-    while (p < src_.size() && is_ws(src_[p])) ++p;
+    p = skip_ws(src_, p);
     if (src_.compare(p, 3, "raw") != 0) return false;
     p += 3;
-    while (p < src_.size() && is_ws(src_[p])) ++p;
+    p = skip_ws(src_, p);
     char sign = '\0';
     if (p < src_.size() && src_[p] == '-') sign = '-', ++p;
     if (src_.compare(p, 2, "%}") != 0) return false;
     int start_line = line_;
     p += 2;
     if (sign == '-')
-      while (p < src_.size() && is_ws(src_[p])) ++p;
+      p = skip_ws(src_, p);
     // find {%[-+]? endraw [-+]?%}
     for (size_t s = src_.find("{%", p); s != std::string::npos; s = src_.find("{%", s + 2)) {
       size_t q = s + 2;
       char bsign = '\0';
       if (q < src_.size() && (src_[q] == '-' || src_[q] == '+')) bsign = src_[q++];
-      while (q < src_.size() && is_ws(src_[q])) ++q;
+      q = skip_ws(src_, q);
       if (src_.compare(q, 6, "endraw") != 0) continue;
       q += 6;
-      while (q < src_.size() && is_ws(src_[q])) ++q;
+      q = skip_ws(src_, q);
       char esign = '\0';
       if (q < src_.size() && (src_[q] == '-' || src_[q] == '+')) esign = src_[q++];
       if (src_.compare(q, 2, "%}") != 0) continue;
@@ -183,15 +204,7 @@ class Lexer {
       if (bsign == '-') {
         body = rstrip_ws(body);
       } else if (bsign != '+' && opt_.lstrip_blocks) {  // lstrip_blocks applies to {% endraw %} too
-        size_t l_pos = body.rfind('\n');
-        l_pos = l_pos == std::string::npos ? 0 : l_pos + 1;
-        bool begin_ended_line = p > 0 && src_[p - 1] == '\n';
-        if (l_pos > 0 || begin_ended_line) {
-          bool all_ws = l_pos < body.size();
-          for (size_t i = l_pos; i < body.size(); ++i)
-            if (!is_ws(body[i])) all_ws = false;
-          if (all_ws) body.resize(l_pos);
-        }
+        lstrip_line(body, p > 0 && src_[p - 1] == '\n');
       }
       pos_ = p;
       emit_text(body);
@@ -208,7 +221,7 @@ class Lexer {
     std::string brackets;
     const char* end = is_var ? "}}" : "%}";
     while (true) {
-      while (pos_ < src_.size() && is_ws(src_[pos_])) ++pos_;
+      pos_ = skip_ws(src_, pos_);
       if (pos_ >= src_.size())
         error(cat("unexpected end of template, expected '", end, "' to close the tag opened here"), start_line);
       int line = line_at(pos_);
@@ -256,6 +269,24 @@ class Lexer {
 
   void lex_number(int line) {
     size_t s = pos_;
+    if (src_[pos_] == '0' && pos_ + 2 < src_.size()) {  // 0x1f, 0o17, 0b101 (underscores allowed)
+      char k = static_cast<char>(std::tolower(static_cast<unsigned char>(src_[pos_ + 1])));
+      int base = k == 'x' ? 16 : k == 'o' ? 8 : k == 'b' ? 2 : 0;
+      auto digit_ok = [&](char c) { int v = hexval(c); return v >= 0 && v < base; };
+      if (base && (digit_ok(src_[pos_ + 2]) || (src_[pos_ + 2] == '_' && pos_ + 3 < src_.size() && digit_ok(src_[pos_ + 3])))) {
+        pos_ += 2;
+        uint64_t v = 0;
+        while (pos_ < src_.size() && (digit_ok(src_[pos_]) || (src_[pos_] == '_' && pos_ + 1 < src_.size() && digit_ok(src_[pos_ + 1])))) {
+          if (src_[pos_] != '_') {
+            v = v * static_cast<uint64_t>(base) + static_cast<uint64_t>(hexval(src_[pos_]));
+            if (v > static_cast<uint64_t>(INT64_MAX)) error("integer literal out of range", line);
+          }
+          ++pos_;
+        }
+        tokens_.push_back({Tok::Int, std::to_string(v), line});
+        return;
+      }
+    }
     auto digits = [&] {
       while (pos_ < src_.size() && (std::isdigit(static_cast<unsigned char>(src_[pos_])) ||
                                     (src_[pos_] == '_' && pos_ + 1 < src_.size() &&

@@ -19,8 +19,7 @@ class Parser {
 
   TemplateAst parse() {
     TemplateAst ast;
-    std::string end = parse_body(ast.body, {});
-    (void)end;
+    parse_body(ast.body, {});
     return ast;
   }
 
@@ -250,6 +249,17 @@ class Parser {
     } else if (name == "break" || name == "continue") {
       s->kind = name == "break" ? StmtKind::Break : StmtKind::Continue;
       expect_block_end(name.c_str());
+    } else if (name == "with") {
+      s->kind = StmtKind::With;
+      while (cur().type != Tok::BlockEnd) {
+        if (!s->params.empty()) expect_op(",");
+        std::string n = expect_name();
+        expect_op("=");
+        s->params.emplace_back(n, parse_expression(true));
+      }
+      expect_block_end("with");
+      parse_body(s->body, {"endwith"});
+      expect_block_end("endwith");
     } else if (name == "generation") {  // Hugging Face's AssistantTracker extension: renders its body
       s->kind = StmtKind::Scope;
       expect_block_end("generation");

@@ -28,7 +28,19 @@ Value* DictObj::find(std::string_view key) {
   return nullptr;
 }
 
+static int child_depth(const Value& v) {
+  int d = 1 + v.nest_depth();
+  if (d > kMaxValueDepth) fail(cat("value nested too deeply (more than ", kMaxValueDepth, " levels of lists/dicts)"));
+  return d;
+}
+
+void DictObj::append(std::string key, Value v) {
+  depth = std::max(depth, child_depth(v));
+  items.emplace_back(std::move(key), std::move(v));
+}
+
 void DictObj::set(const std::string& key, Value v) {
+  depth = std::max(depth, child_depth(v));
   if (Value* p = find(key))
     *p = std::move(v);
   else
@@ -51,6 +63,7 @@ Value Value::list(std::vector<Value> items, bool tuple) {
   Value v;
   v.kind_ = Kind::List;
   v.list_ = std::make_shared<ListObj>();
+  for (const auto& e : items) v.list_->depth = std::max(v.list_->depth, child_depth(e));
   v.list_->items = std::move(items);
   v.list_->tuple = tuple;
   return v;
@@ -76,9 +89,10 @@ Value Value::func(std::string name, Func fn) {
   return v;
 }
 
-Value Value::from_json(const nlohmann::ordered_json& j) {
+static Value from_json_at(const nlohmann::ordered_json& j, int level) {
+  if (level > kMaxValueDepth) fail(cat("JSON input nested too deeply (more than ", kMaxValueDepth, " levels)"));
   switch (j.type()) {
-    case nlohmann::json::value_t::null: return none();
+    case nlohmann::json::value_t::null: return Value::none();
     case nlohmann::json::value_t::boolean: return Value(j.get<bool>());
     case nlohmann::json::value_t::number_integer: return Value(j.get<int64_t>());
     case nlohmann::json::value_t::number_unsigned: {
@@ -91,16 +105,24 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
     case nlohmann::json::value_t::array: {
       std::vector<Value> items;
       items.reserve(j.size());
-      for (const auto& e : j) items.push_back(from_json(e));
-      return list(std::move(items));
+      for (const auto& e : j) items.push_back(from_json_at(e, level + 1));
+      return Value::list(std::move(items));
     }
     case nlohmann::json::value_t::object: {
-      Value d = dict();
-      for (auto it = j.begin(); it != j.end(); ++it) d.dict_->items.emplace_back(it.key(), from_json(it.value()));
+      Value d = Value::dict();
+      for (auto it = j.begin(); it != j.end(); ++it) d.dict_obj().append(it.key(), from_json_at(it.value(), level + 1));
       return d;
     }
-    default: return undefined("<binary json>");
+    default: return Value::undefined("binary JSON values are not supported");
   }
+}
+
+Value Value::from_json(const nlohmann::ordered_json& j) { return from_json_at(j, 0); }
+
+int Value::nest_depth() const {
+  if (kind_ == Kind::List) return list_->depth;
+  if (kind_ == Kind::Dict) return dict_->depth;
+  return 0;
 }
 
 bool Value::truthy() const {

@@ -24,17 +24,24 @@ struct CallArgs {
 
 using Func = std::function<Value(const CallArgs&)>;
 
+// Lists/dicts may nest at most this deep: deeper values (built by a template in a loop, or passed
+// in as JSON) would overflow the stack of the recursive printers, comparisons and destructors.
+constexpr int kMaxValueDepth = 512;
+
 struct ListObj {
   std::vector<Value> items;
   bool tuple = false;
+  int depth = 1;  // nesting height, see kMaxValueDepth
 };
 
 struct DictObj {
   std::vector<std::pair<std::string, Value>> items;  // insertion order, like a Python dict
   bool is_namespace = false;
+  int depth = 1;  // nesting height (an upper bound), see kMaxValueDepth
   const Value* find(std::string_view key) const;
   Value* find(std::string_view key);
   void set(const std::string& key, Value v);
+  void append(std::string key, Value v);  // no duplicate check (caller guarantees a new key)
 };
 
 struct FuncObj {
@@ -82,6 +89,7 @@ class Value {
   std::vector<Value>& items() const { return list_->items; }
   DictObj& dict_obj() const { return *dict_; }
   const FuncObj& func_obj() const { return *func_; }
+  int nest_depth() const;  // 0 for scalars, 1 + deepest child for lists/dicts
 
   bool truthy() const;
   std::string to_str() const;  // Python str(): what {{ x }} prints
