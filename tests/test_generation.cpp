@@ -10,7 +10,8 @@
 #include <sys/wait.h>
 
 #include "dsfuse/dsfuse.h"
-#include "engine/generator.h"
+#include "engine/engine.h"
+#include "models/model.h"
 #include "engine/text_stream.h"
 #include "loader/safetensors.h"
 #include "test_util.h"
@@ -43,12 +44,12 @@ void check_greedy(Model& model, const fs::path& ref_file, const std::string& lab
   const auto prompt = ids_of(ref, "ids_0");
   const auto want = ids_of(ref, "greedy_0");
   const auto margin = floats_of(ref, "greedy_margin_0");
-  GenerateRequest req;
+  EngineRequest req;
   req.prompt_ids = prompt;
   req.sampling.temperature = 0;
   req.max_new_tokens = static_cast<int>(want.size() - prompt.size());
   req.ignore_eos = true;
-  GenerateResult r = Generator(model, nullptr).generate(req);
+  GenerateResult r = Engine(model, nullptr).generate(req);
   size_t checked = 0;
   for (size_t i = 0; i < r.ids.size(); ++i) {
     if (margin[i] < 1e-3f) break;
@@ -100,13 +101,13 @@ TEST(DefaultModel, SeededSamplingIsReproducibleAndSeedsDiffer) {
   auto model = Model::load(kDefaultModel);
   auto tk = tok::Tokenizer::load(kDefaultModel);
   auto gen = [&](uint64_t seed) {
-    GenerateRequest req;
+    EngineRequest req;
     req.prompt_ids = tk.encode("ROMEO:", true);
     req.sampling.temperature = 1.0f;
     req.sampling.seed = seed;
     req.max_new_tokens = 24;
     req.ignore_eos = true;
-    return Generator(*model, &tk).generate(req).ids;
+    return Engine(*model, &tk).generate(req).ids;
   };
   EXPECT_EQ(gen(7), gen(7));
   EXPECT_NE(gen(7), gen(8));
@@ -116,47 +117,46 @@ TEST(DefaultModel, SeededSamplingIsReproducibleAndSeedsDiffer) {
 TEST(DefaultModel, StreamingEqualsFinalText) {
   auto model = Model::load(kDefaultModel);
   auto tk = tok::Tokenizer::load(kDefaultModel);
-  GenerateRequest req;
+  EngineRequest req;
   req.prompt_ids = tk.encode("JULIET:\n", true);
   req.sampling.temperature = 0.9f;
   req.sampling.seed = 11;
   req.max_new_tokens = 60;
   req.ignore_eos = true;
   std::string streamed;
-  GenerateResult r = Generator(*model, &tk).generate(req, [&](const StreamPiece& p) { streamed += p.reasoning + p.content; });
+  std::string raw;
+  GenerateResult r = Engine(*model, &tk).generate(req, [&](const StreamPiece& p) {
+    streamed += p.reasoning + p.content;
+    raw += p.text;
+  });
+  EXPECT_EQ(raw, r.text);
   EXPECT_EQ(streamed, r.text);
   EXPECT_EQ(r.text, tk.decode(r.ids, true));
   EXPECT_EQ(r.ids.size(), 60u);
 }
 
-// A scripted model: its logits always make the next scripted token the argmax.
-class ScriptedModel final : public Model {
+// A scripted batched model: its logits always make the next scripted token the argmax.
+class ScriptedModel final : public BatchModel {
  public:
   ScriptedModel(std::vector<int32_t> script, int vocab) : script_(std::move(script)), vocab_(vocab) {}
-  ModelInfo info() const override { return {}; }
   int vocab_size() const override { return vocab_; }
   int max_context() const override { return 100000; }
-  struct Seq final : Sequence {
-    int64_t n = 0, cap;
-    explicit Seq(int64_t c) : cap(c) {}
-    int64_t length() const override { return n; }
-    int64_t capacity() const override { return cap; }
-    void truncate(int64_t k) override { n = k; }
-  };
-  std::unique_ptr<Sequence> new_sequence(int64_t max_tokens) override { return std::make_unique<Seq>(max_tokens); }
-  void forward(Sequence& s, std::span<const int32_t> ids, std::vector<float>& logits, bool) override {
-    auto& q = static_cast<Seq&>(s);
-    if (q.n == 0) prompt_len_ = static_cast<int64_t>(ids.size());
-    q.n += static_cast<int64_t>(ids.size());
-    logits.assign(vocab_, 0.0f);
-    const int64_t step = q.n - prompt_len_;
-    if (step < static_cast<int64_t>(script_.size())) logits[script_[step]] = 100.0f;
+  std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override {
+    return std::make_unique<KVCache>(*be_, 1, max_tokens, 1, 1);
+  }
+  void forward_batch(const Batch& b, KVCache&, const std::vector<int64_t>& rows, float* logits) override {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      float* row = logits + i * vocab_;
+      std::fill(row, row + vocab_, 0.0f);
+      const int64_t step = b.positions[rows[i]] + 1 - 1;  // prompt is one token: position p -> step p
+      if (step < static_cast<int64_t>(script_.size())) row[script_[step]] = 100.0f;
+    }
   }
 
  private:
+  std::unique_ptr<Backend> be_ = make_cpu_backend(1);
   std::vector<int32_t> script_;
   int vocab_;
-  int64_t prompt_len_ = 0;
 };
 
 TEST(Streaming, MultiByteReasoningAndStopStrings) {
@@ -164,7 +164,8 @@ TEST(Streaming, MultiByteReasoningAndStopStrings) {
   auto tk = tok::Tokenizer::load(tdir);
   const std::string answer = "<think>\nDenke: 世界 😀 über\n</think>\n\nAntwort: 42 ✓ déjà vu. ENDE und mehr";
   ScriptedModel m(tk.encode(answer, false), static_cast<int>(tk.vocab_size()));
-  GenerateRequest req;
+  Engine engine(m, &tk);
+  EngineRequest req;
   req.prompt_ids = {0};
   req.sampling.temperature = 0;
   req.max_new_tokens = 200;
@@ -173,7 +174,7 @@ TEST(Streaming, MultiByteReasoningAndStopStrings) {
     content += p.content;
     reasoning += p.reasoning;
   };
-  GenerateResult r = Generator(m, &tk).generate(req, sink);
+  GenerateResult r = engine.generate(req, sink);
   EXPECT_EQ(r.text, answer);
   EXPECT_EQ(reasoning, "\nDenke: 世界 😀 über\n");
   EXPECT_EQ(content, "\n\nAntwort: 42 ✓ déjà vu. ENDE und mehr");
@@ -182,14 +183,14 @@ TEST(Streaming, MultiByteReasoningAndStopStrings) {
   // Stop string: output ends right before it; streamed pieces never contain any part of it.
   content.clear(), reasoning.clear();
   req.stop = {"ENDE", "never"};
-  r = Generator(m, &tk).generate(req, sink);
+  r = engine.generate(req, sink);
   EXPECT_EQ(r.finish, FinishReason::StopString);
   EXPECT_EQ(r.content, "\n\nAntwort: 42 ✓ déjà vu. ");
   EXPECT_EQ(content, r.content);
   // EOS ends generation.
   req.stop.clear();
   req.eos_ids = {tk.encode("42", false)[0]};
-  r = Generator(m, &tk).generate(req);
+  r = engine.generate(req);
   EXPECT_EQ(r.finish, FinishReason::Eos);
   EXPECT_EQ(r.content, "\n\nAntwort: ");
 }

@@ -14,7 +14,7 @@
 #include "core/error.h"
 #include "dsfuse/dsfuse.h"
 #include "engine/default_model.h"
-#include "engine/generator.h"
+#include "engine/engine.h"
 #include "engine/text_stream.h"
 #include "loader/config.h"
 #include "sampling/generation_config.h"
@@ -77,8 +77,8 @@ Loaded load_all(const GenFlags& f) {
   return Loaded{dir, std::move(model), std::move(tk), std::move(gen), std::move(eos)};
 }
 
-GenerateRequest make_request(const GenFlags& f, const Loaded& L) {
-  GenerateRequest r;
+EngineRequest make_request(const GenFlags& f, const Loaded& L) {
+  EngineRequest r;
   // Defaults: only what generation_config.json says (vLLM's policy), then the flags.
   r.sampling = L.gen.sampling_params(sampling::DefaultsPolicy::kVllm);
   if (f.temperature) r.sampling.temperature = *f.temperature;
@@ -128,6 +128,15 @@ class Printer {
   bool in_reasoning_ = false;
 };
 
+// A KV pool just large enough for one request (prompt + budget).
+EngineConfig engine_config_for(Model& m, const EngineRequest& r) {
+  EngineConfig c;
+  const int64_t tokens = std::min<int64_t>(static_cast<int64_t>(r.prompt_ids.size()) + r.max_new_tokens, m.max_context()) + 32;
+  c.kv_memory_bytes = static_cast<size_t>(m.info().kv_bytes_per_token) * static_cast<size_t>(tokens);
+  c.max_num_seqs = 1;
+  return c;
+}
+
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;
   std::stringstream ss(s);
@@ -169,7 +178,7 @@ int run_run(int argc, char** argv) {
   DSFUSE_CHECK(p_opt->count() || i_opt->count(), "give a prompt: -p TEXT or --prompt-ids 1,2,3");
 
   Loaded L = load_all(f);
-  GenerateRequest req = make_request(f, L);
+  EngineRequest req = make_request(f, L);
   if (i_opt->count()) {
     DSFUSE_CHECK(!chat, "--chat needs a text prompt (-p), not --prompt-ids");
     req.prompt_ids = parse_ids(prompt_ids);
@@ -196,7 +205,8 @@ int run_run(int argc, char** argv) {
     };
   }
   signal(SIGINT, on_sigint);
-  GenerateResult r = Generator(*L.model, &L.tokenizer).generate(req, sink, &g_interrupt);
+  Engine engine(*L.model, &L.tokenizer, engine_config_for(*L.model, req));
+  GenerateResult r = engine.generate(req, sink, &g_interrupt);
   printer.end_reasoning();
   if (json_out) {
     json j = {{"ids", r.ids},
@@ -228,8 +238,11 @@ int run_chat(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   Loaded L = load_all(f);
   auto tmpl = tmpl::ChatTemplate::from_tokenizer_config(L.dir);
-  GenerateRequest base = make_request(f, L);
-  Generator gen(*L.model, &L.tokenizer);
+  EngineRequest base = make_request(f, L);
+  EngineConfig ecfg;
+  ecfg.kv_memory_bytes = static_cast<size_t>(L.model->info().kv_bytes_per_token) * L.model->max_context();
+  ecfg.kv_memory_bytes = std::min<size_t>(ecfg.kv_memory_bytes, size_t{1} << 30);
+  Engine gen(*L.model, &L.tokenizer, ecfg);
 
   struct sigaction sa {};
   sa.sa_handler = on_sigint;
@@ -269,7 +282,7 @@ int run_chat(int argc, char** argv) {
     }
     if (line.empty()) continue;
     history.push_back({{"role", "user"}, {"content", line}});
-    GenerateRequest req = base;
+    EngineRequest req = base;
     const std::string rendered = tmpl.render(history, true);
     req.prompt_opens_think = prompt_opens_think(rendered);
     req.prompt_ids = L.tokenizer.encode(rendered, false);

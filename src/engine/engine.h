@@ -1,4 +1,4 @@
-// The serving engine: many concurrent requests, one loop (schedule -> run -> postprocess) on its own
+// The serving engine (also behind `dsfuse run`): many concurrent requests, one loop (schedule -> run -> postprocess) on its own
 // thread. Requests join and leave at token granularity. The HTTP server and `dsfuse run` talk to it only
 // through submit()/cancel() and the per-request event callback.
 #pragma once
@@ -14,12 +14,37 @@
 #include <thread>
 #include <vector>
 
+#include "core/error.h"
 #include "dsfuse/dsfuse.h"
-#include "engine/generator.h"
 #include "sampling/sampler.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsfuse {
+
+class BatchModel;
+
+enum class FinishReason { Eos, StopString, Length, ContextLimit, Cancelled };
+const char* finish_reason_name(FinishReason r);  // "stop" / "length" / "cancelled" (OpenAI names)
+
+// One streamed piece: new answer text and/or new reasoning text, and the token that produced it.
+struct StreamPiece {
+  std::string text;  // raw new text (reasoning and answer, tags included)
+  std::string content;
+  std::string reasoning;
+  int32_t token = -1;
+  const sampling::SampleResult* sample = nullptr;  // logprobs of `token`
+};
+
+struct GenerateResult {
+  std::vector<int32_t> ids;  // generated ids (incl. a final EOS)
+  std::string text;          // all generated text (stop string excluded, special tokens skipped)
+  std::string content, reasoning;
+  FinishReason finish = FinishReason::Length;
+  std::vector<sampling::SampleResult> samples;  // per generated token (logprobs when requested)
+  int prompt_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;  // decode: time after the first token
+};
+
 
 struct EngineConfig {
   int block_size = 16;                 // tokens per KV block
@@ -69,6 +94,8 @@ class Engine {
   using Callback = std::function<void(const EngineEvent&)>;
 
   Engine(Model& model, const tok::Tokenizer* tokenizer, EngineConfig cfg = {});
+  // Over any batched model (tests use scripted ones). `tokenizer` may be null (no text, no stop strings).
+  Engine(BatchModel& model, const tok::Tokenizer* tokenizer, EngineConfig cfg = {});
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;

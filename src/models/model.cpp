@@ -222,6 +222,8 @@ class ModelImpl final : public Model {
     return std::make_unique<SequenceImpl>(lm_->new_cache(max_tokens));
   }
 
+  CausalLM& lm() { return *lm_; }
+
   void forward(Sequence& seq, std::span<const int32_t> ids, std::vector<float>& logits, bool all_logits) override {
     auto* s = dynamic_cast<SequenceImpl*>(&seq);
     DSFUSE_CHECK(s, "sequence was not created by this model");
@@ -238,6 +240,12 @@ class ModelImpl final : public Model {
 };
 
 }  // namespace
+
+BatchModel& batch_model(Model& m) {
+  auto* impl = dynamic_cast<ModelImpl*>(&m);
+  DSFUSE_CHECK(impl, "model was not created by Model::load");
+  return impl->lm();
+}
 
 std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadOptions& opts) {
   ModelConfig cfg = load_config(dir);

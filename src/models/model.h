@@ -60,16 +60,30 @@ struct Batch {
   std::vector<SeqSegment> segs;
 };
 
+// What the serving engine needs from a model: a KV pool and batched forward passes over it.
+class BatchModel {
+ public:
+  virtual ~BatchModel() = default;
+  virtual int vocab_size() const = 0;
+  virtual int max_context() const = 0;
+  virtual std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const = 0;
+  virtual void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                             float* logits) = 0;
+};
+
+// The batched model behind a Model returned by Model::load / load_dummy.
+BatchModel& batch_model(Model& m);
+
 class CausalLM;
 using ModelFactory = std::function<std::unique_ptr<CausalLM>(const ModelConfig&, WeightLoader&, Backend&)>;
 
-class CausalLM {
+class CausalLM : public BatchModel {
  public:
   CausalLM(const ModelConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {}
-  virtual ~CausalLM() = default;
 
   const ModelConfig& config() const { return cfg_; }
-  virtual std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const = 0;
+  int vocab_size() const override { return cfg_.vocab_size; }
+  int max_context() const override { return cfg_.max_position_embeddings; }
   virtual std::string kv_layout() const = 0;
 
   // Runs T tokens at positions cache.length()..; appends them to the cache; writes logits for all T
@@ -77,7 +91,7 @@ class CausalLM {
   void forward(const int32_t* ids, int64_t T, KVCache& cache, float* logits, bool all_logits);
   // Runs a batch of sequences over a shared (paged) KV pool; writes logits ([rows.size(), V], host
   // memory) of the batch tokens listed in `logit_rows`. The caller has checked ids and capacity.
-  void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits);
+  void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) override;
 
  protected:
   // x [T, H] holds the embeddings on entry; runs every decoder layer in place, writing each segment's

@@ -1,0 +1,443 @@
+// Engine loop: schedule -> run -> postprocess, one step at a time on the engine thread.
+//   schedule: running decodes first (one token each, preempting the newest sequence when the KV pool is
+//             full), then prefill chunks of admitted prompts within the token budget, then admissions
+//             from the waiting queue (FIFO) while blocks and batch slots allow.
+//   run:      one batched forward over every scheduled sequence (paged KV, prefix-cached blocks skipped).
+//   postprocess: sample, detokenize, stop checks, events; finished sequences free their blocks.
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+
+#include "core/log.h"
+#include "engine/text_stream.h"
+#include "kv/block_manager.h"
+#include "models/model.h"
+
+namespace dsfuse {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Eos:
+    case FinishReason::StopString: return "stop";
+    case FinishReason::Length:
+    case FinishReason::ContextLimit: return "length";
+    case FinishReason::Cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+struct Seq {
+  uint64_t id = 0;
+  EngineRequest req;
+  Engine::Callback cb;
+  std::vector<int32_t> tokens;  // prompt + generated
+  size_t num_prompt = 0;
+  int64_t computed = 0;          // tokens whose KV rows are in the cache
+  int64_t cached_prompt = 0;     // prompt tokens served from the prefix cache (first admission)
+  std::vector<int32_t> table;    // block table
+  size_t sealed = 0;
+  uint64_t chain = 0;
+  bool admitted_once = false;
+  std::optional<sampling::Sampler> sampler;
+  std::optional<tok::StreamDecoder> detok;
+  std::optional<StopMatcher> stops;
+  std::optional<ThinkSplitter> think;
+  int generated = 0;
+  bool cancelled = false;
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  Impl(BatchModel& m, const tok::Tokenizer* t, const EngineConfig& c);
+  void loop();
+  bool step();  // false when idle
+  void finish(Seq& s, FinishReason why, const std::string& error = {});
+  void emit(Seq& s, const std::string& text, int32_t token, const sampling::SampleResult* sr, bool done,
+            FinishReason why);
+  void preempt(std::shared_ptr<Seq> s);
+
+  BatchModel& model;
+  const tok::Tokenizer* tok;
+  EngineConfig cfg;
+  std::unique_ptr<KVCache> pool;
+  std::unique_ptr<BlockManager> blocks;
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::shared_ptr<Seq>> waiting;  // guarded by mu (submit side) and drained by the loop
+  std::vector<uint64_t> cancels;             // guarded by mu
+  bool accepting = true, stop_loop = false;
+  std::atomic<int64_t> drain_deadline_ns{0};
+  uint64_t next_id = 1;
+
+  // Loop-owned state.
+  std::vector<std::shared_ptr<Seq>> running;
+  std::deque<std::shared_ptr<Seq>> queue;  // admitted from `waiting`, not yet running (incl. preempted)
+  EngineStats st;
+  std::vector<int32_t> ids, pos;
+  std::vector<float> logits;
+  std::thread thread;
+};
+
+Engine::Impl::Impl(BatchModel& m, const tok::Tokenizer* t, const EngineConfig& c) : model(m), tok(t), cfg(c) {
+  DSFUSE_CHECK(cfg.block_size > 0 && cfg.max_num_seqs > 0 && cfg.max_batched_tokens > 0,
+               "engine: block_size, max_num_seqs and max_batched_tokens must be positive");
+  auto probe = model.new_cache(1);
+  const size_t per_block = probe->bytes_per_token() * static_cast<size_t>(cfg.block_size);
+  int64_t nblocks = static_cast<int64_t>(cfg.kv_memory_bytes / std::max<size_t>(per_block, 1));
+  nblocks = std::max<int64_t>(nblocks, 2);
+  pool = model.new_cache(nblocks * cfg.block_size);
+  blocks = std::make_unique<BlockManager>(nblocks, cfg.block_size, cfg.prefix_caching);
+  log::info(cat("engine: ", nblocks, " KV blocks of ", cfg.block_size, " tokens (", per_block * nblocks / (1 << 20),
+                " MiB)"));
+}
+
+void Engine::Impl::emit(Seq& s, const std::string& text, int32_t token, const sampling::SampleResult* sr, bool done,
+                        FinishReason why) {
+  EngineEvent ev;
+  ev.request_id = s.id;
+  ev.piece.text = text;
+  if (s.think) s.think->push(text, ev.piece.reasoning, ev.piece.content);
+  if (done && s.think) s.think->flush(ev.piece.reasoning, ev.piece.content);
+  ev.piece.token = token;
+  ev.piece.sample = sr;
+  ev.finished = done;
+  ev.finish = why;
+  ev.prompt_tokens = static_cast<int>(s.num_prompt);
+  ev.completion_tokens = s.generated;
+  ev.cached_prompt_tokens = static_cast<int>(s.cached_prompt);
+  if (s.cb) s.cb(ev);
+}
+
+void Engine::Impl::finish(Seq& s, FinishReason why, const std::string& error) {
+  std::string tail;
+  if (why != FinishReason::StopString && s.detok && error.empty()) tail = s.stops->push(s.detok->flush()) + s.stops->flush();
+  if (!s.table.empty()) blocks->free(s.table);
+  if (!error.empty()) {
+    EngineEvent ev;
+    ev.request_id = s.id;
+    ev.finished = true;
+    ev.finish = why;
+    ev.error = error;
+    ev.prompt_tokens = static_cast<int>(s.num_prompt);
+    ev.completion_tokens = s.generated;
+    if (s.cb) s.cb(ev);
+    return;
+  }
+  emit(s, tail, -1, nullptr, true, why);
+}
+
+void Engine::Impl::preempt(std::shared_ptr<Seq> s) {
+  // Recompute later: drop its blocks (full ones stay in the prefix cache), keep its tokens.
+  blocks->free(s->table);
+  s->computed = 0;
+  s->sealed = 0;
+  s->chain = 0;
+  queue.push_front(std::move(s));
+}
+
+bool Engine::Impl::step() {
+  // Intake: new requests and cancellations.
+  std::vector<uint64_t> cancel_now;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    while (!waiting.empty()) queue.push_back(std::move(waiting.front())), waiting.pop_front();
+    cancel_now.swap(cancels);
+  }
+  auto drop_cancelled = [&](auto& list) {
+    for (auto it = list.begin(); it != list.end();) {
+      Seq& s = **it;
+      if (s.cancelled || std::find(cancel_now.begin(), cancel_now.end(), s.id) != cancel_now.end()) {
+        finish(s, FinishReason::Cancelled);
+        it = list.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  };
+  drop_cancelled(running);
+  drop_cancelled(queue);
+  const int64_t deadline = drain_deadline_ns.load();
+  if (deadline && clock_type::now().time_since_epoch().count() > deadline) {
+    for (auto& s : running) s->cancelled = true;
+    for (auto& s : queue) s->cancelled = true;
+    drop_cancelled(running);
+    drop_cancelled(queue);
+  }
+  if (running.empty() && queue.empty()) return false;
+
+  // Schedule.
+  struct Work {
+    std::shared_ptr<Seq> s;
+    int64_t n;
+  };
+  std::vector<Work> work;
+  int64_t budget = cfg.max_batched_tokens;
+  // 1. Decodes of running sequences whose prompt is fully computed.
+  for (size_t i = 0; i < running.size() && budget > 0;) {
+    auto s = running[i];
+    const int64_t len = static_cast<int64_t>(s->tokens.size());
+    if (s->computed != len - 1) {
+      ++i;
+      continue;
+    }
+    bool ok = blocks->append_slot(len, s->table);
+    while (!ok && running.size() > 1) {  // preempt the newest other sequence
+      auto victim = running.back() == s ? running[running.size() - 2] : running.back();
+      running.erase(std::find(running.begin(), running.end(), victim));
+      std::erase_if(work, [&](const Work& w) { return w.s == victim; });
+      preempt(victim);
+      ok = blocks->append_slot(len, s->table);
+    }
+    if (!ok) {  // alone and still no room: the pool is too small for this sequence
+      running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
+      finish(*s, FinishReason::ContextLimit, "the KV cache is too small for this sequence");
+      continue;
+    }
+    work.push_back({s, 1});
+    --budget;
+    i = static_cast<size_t>(std::find(running.begin(), running.end(), s) - running.begin()) + 1;
+  }
+  // 2. Prefill chunks of running sequences (admitted, prompt not fully computed).
+  for (auto& s : running) {
+    if (budget <= 0) break;
+    const int64_t len = static_cast<int64_t>(s->tokens.size());
+    if (s->computed >= len - 1 && !(s->computed == 0 && len == 1)) continue;
+    const int64_t n = std::min(budget, len - s->computed);
+    work.push_back({s, n});
+    budget -= n;
+  }
+  // 3. Admissions.
+  while (budget > 0 && !queue.empty() && static_cast<int>(running.size()) < cfg.max_num_seqs) {
+    auto s = queue.front();
+    uint64_t chain = 0;
+    const int64_t cached = blocks->allocate(s->tokens, s->table, chain);
+    if (cached < 0) break;  // wait for blocks to free up
+    queue.pop_front();
+    s->computed = cached;
+    s->sealed = static_cast<size_t>(cached / cfg.block_size);
+    s->chain = chain;
+    if (!s->admitted_once) {
+      s->cached_prompt = cached;
+      s->admitted_once = true;
+      st.prompt_tokens += static_cast<int64_t>(s->num_prompt);
+    }
+    running.push_back(s);
+    const int64_t len = static_cast<int64_t>(s->tokens.size());
+    const int64_t n = std::min(budget, len - s->computed);
+    work.push_back({s, n});
+    budget -= n;
+  }
+  if (work.empty()) return !running.empty() || !queue.empty();
+
+  // Run: one batched forward.
+  Batch b;
+  ids.clear();
+  pos.clear();
+  std::vector<int64_t> logit_rows;
+  std::vector<Seq*> sampled;
+  for (const Work& w : work) {
+    Seq& s = *w.s;
+    const int64_t t0 = static_cast<int64_t>(ids.size());
+    for (int64_t i = 0; i < w.n; ++i) {
+      ids.push_back(s.tokens[static_cast<size_t>(s.computed + i)]);
+      pos.push_back(static_cast<int32_t>(s.computed + i));
+    }
+    b.segs.push_back(SeqSegment{t0, w.n, s.computed, PagedRows{s.table.data(), cfg.block_size}});
+    if (s.computed + w.n == static_cast<int64_t>(s.tokens.size())) {
+      logit_rows.push_back(t0 + w.n - 1);
+      sampled.push_back(&s);
+    }
+  }
+  b.ids = ids.data();
+  b.positions = pos.data();
+  b.T = static_cast<int64_t>(ids.size());
+  const int V = model.vocab_size();
+  logits.resize(logit_rows.size() * static_cast<size_t>(V));
+  try {
+    model.forward_batch(b, *pool, logit_rows, logits.data());
+  } catch (const std::exception& e) {
+    for (const Work& w : work) w.s->cancelled = true;
+    for (auto& s : running)
+      if (s->cancelled) finish(*s, FinishReason::Cancelled, std::string("engine error: ") + e.what());
+    std::erase_if(running, [](const auto& s) { return s->cancelled; });
+    return true;
+  }
+  ++st.steps;
+  for (const Work& w : work) {
+    w.s->computed += w.n;
+    blocks->seal_full_blocks(w.s->tokens, w.s->computed, w.s->table, w.s->sealed, w.s->chain);
+  }
+
+  // Postprocess: sample, stream, stop.
+  for (size_t k = 0; k < sampled.size(); ++k) {
+    Seq& s = *sampled[k];
+    std::span<float> row(logits.data() + k * static_cast<size_t>(V), static_cast<size_t>(V));
+    sampling::SampleResult sr;
+    const int32_t tok_id = s.sampler->sample(row, s.tokens, s.num_prompt, &sr);
+    s.tokens.push_back(tok_id);
+    ++s.generated;
+    ++st.generated_tokens;
+    const bool eos = !s.req.ignore_eos &&
+                     std::find(s.req.eos_ids.begin(), s.req.eos_ids.end(), tok_id) != s.req.eos_ids.end();
+    std::optional<FinishReason> why;
+    std::string text;
+    if (eos) {
+      why = FinishReason::Eos;
+    } else {
+      text = s.detok ? s.stops->push(s.detok->push(tok_id)) : std::string();
+      if (s.stops && s.stops->stopped()) why = FinishReason::StopString;
+      else if (s.generated >= s.req.max_new_tokens) why = FinishReason::Length;
+      else if (static_cast<int64_t>(s.tokens.size()) >= model.max_context()) why = FinishReason::ContextLimit;
+    }
+    emit(s, text, tok_id, &sr, false, FinishReason::Length);
+    if (why) {
+      s.cancelled = false;
+      finish(s, *why);
+      s.generated = -1;  // mark for removal
+    }
+  }
+  std::erase_if(running, [](const auto& s) { return s->generated < 0; });
+  return true;
+}
+
+void Engine::Impl::loop() {
+  for (;;) {
+    bool busy = false;
+    try {
+      busy = step();
+    } catch (const std::exception& e) {
+      log::error(cat("engine step failed: ", e.what()));
+      for (auto& s : running) finish(*s, FinishReason::Cancelled, std::string("engine error: ") + e.what());
+      running.clear();
+    }
+    std::unique_lock<std::mutex> lk(mu);
+    st.waiting = static_cast<int64_t>(waiting.size() + queue.size());
+    st.running = static_cast<int64_t>(running.size());
+    st.kv_blocks_total = blocks->num_blocks();
+    st.kv_blocks_used = blocks->num_used();
+    st.prefix_queries = blocks->prefix_queries();
+    st.prefix_hits = blocks->prefix_hits();
+    if (stop_loop && running.empty() && queue.empty() && waiting.empty()) return;
+    if (!busy) cv.wait_for(lk, std::chrono::milliseconds(50), [&] { return !waiting.empty() || !cancels.empty() || stop_loop; });
+  }
+}
+
+Engine::Engine(Model& model, const tok::Tokenizer* tokenizer, EngineConfig cfg)
+    : Engine(batch_model(model), tokenizer, cfg) {}
+
+Engine::Engine(BatchModel& model, const tok::Tokenizer* tokenizer, EngineConfig cfg)
+    : cfg_(cfg), impl_(std::make_unique<Impl>(model, tokenizer, cfg)) {
+  impl_->thread = std::thread([this] { impl_->loop(); });
+}
+
+Engine::~Engine() { shutdown(0); }
+
+uint64_t Engine::submit(EngineRequest req, Callback cb) {
+  DSFUSE_CHECK(!req.prompt_ids.empty(), "the prompt is empty: give at least one token");
+  DSFUSE_CHECK(req.max_new_tokens > 0, "max_new_tokens must be positive, got ", req.max_new_tokens);
+  req.sampling.validate();
+  const int64_t ctx = impl_->model.max_context(), P = static_cast<int64_t>(req.prompt_ids.size());
+  DSFUSE_CHECK(P < ctx, "the prompt has ", P, " tokens but the model's context is ", ctx, " tokens");
+  const int V = impl_->model.vocab_size();
+  for (int32_t id : req.prompt_ids)
+    DSFUSE_CHECK(id >= 0 && id < V, "prompt token id ", id, " is out of range [0, ", V, ")");
+  DSFUSE_CHECK(impl_->tok || req.stop.empty(), "stop strings need a tokenizer");
+  auto s = std::make_shared<Seq>();
+  s->req = std::move(req);
+  s->cb = std::move(cb);
+  s->tokens = s->req.prompt_ids;
+  s->num_prompt = s->tokens.size();
+  s->sampler.emplace(s->req.sampling);
+  if (impl_->tok) {
+    s->detok.emplace(*impl_->tok, true);
+    s->stops.emplace(s->req.stop);
+  }
+  s->think.emplace(s->req.prompt_opens_think);
+  std::lock_guard<std::mutex> lk(impl_->mu);
+  if (!impl_->accepting) throw QueueFull("the server is shutting down");
+  if (static_cast<int>(impl_->waiting.size() + static_cast<size_t>(impl_->st.waiting)) >= cfg_.max_queue)
+    throw QueueFull(cat("the request queue is full (", cfg_.max_queue, " waiting)"));
+  s->id = impl_->next_id++;
+  impl_->waiting.push_back(s);
+  impl_->cv.notify_one();
+  return s->id;
+}
+
+void Engine::cancel(uint64_t id) {
+  std::lock_guard<std::mutex> lk(impl_->mu);
+  impl_->cancels.push_back(id);
+  impl_->cv.notify_one();
+}
+
+void Engine::shutdown(double drain_seconds) {
+  if (!impl_ || !impl_->thread.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu);
+    impl_->accepting = false;
+    impl_->stop_loop = true;
+    impl_->drain_deadline_ns = (clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                                       std::chrono::duration<double>(drain_seconds)))
+                                   .time_since_epoch()
+                                   .count() |
+                               1;
+    impl_->cv.notify_one();
+  }
+  impl_->thread.join();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lk(impl_->mu);
+  EngineStats s = impl_->st;
+  s.waiting = static_cast<int64_t>(impl_->waiting.size()) + impl_->st.waiting;
+  return s;
+}
+
+GenerateResult Engine::generate(const EngineRequest& req, const std::function<void(const StreamPiece&)>& on_piece,
+                                const std::atomic<bool>* cancel) {
+  GenerateResult res;
+  res.prompt_tokens = static_cast<int>(req.prompt_ids.size());
+  std::mutex m;
+  std::condition_variable done_cv;
+  bool done = false;
+  std::string error;
+  const auto t0 = clock_type::now();
+  auto t_first = t0;
+  const uint64_t id = submit(req, [&](const EngineEvent& ev) {
+    if (ev.piece.token >= 0) {
+      if (res.ids.empty()) t_first = clock_type::now();
+      res.ids.push_back(ev.piece.token);
+      if (ev.piece.sample) res.samples.push_back(*ev.piece.sample);
+    }
+    res.text += ev.piece.text;
+    res.content += ev.piece.content;
+    res.reasoning += ev.piece.reasoning;
+    if (on_piece && (!ev.piece.text.empty() || !ev.piece.content.empty() || !ev.piece.reasoning.empty()))
+      on_piece(ev.piece);
+    if (ev.finished) {
+      std::lock_guard<std::mutex> lk(m);
+      res.finish = ev.finish;
+      error = ev.error;
+      done = true;
+      done_cv.notify_all();
+    }
+  });
+  std::unique_lock<std::mutex> lk(m);
+  while (!done) {
+    done_cv.wait_for(lk, std::chrono::milliseconds(20));
+    if (cancel && cancel->load() && !done) this->cancel(id);
+  }
+  DSFUSE_CHECK(error.empty(), error);
+  res.prefill_seconds = std::chrono::duration<double>(t_first - t0).count();
+  if (res.ids.size() > 1) res.decode_seconds = std::chrono::duration<double>(clock_type::now() - t_first).count();
+  return res;
+}
+
+}  // namespace dsfuse
