@@ -153,7 +153,9 @@ void BpeModel::merge_symbols(std::vector<int32_t>& syms, std::vector<int32_t>& o
     out.push_back(syms[0]);
     return;
   }
-  // Doubly linked list over symbols; a removed symbol has id -1.
+  // Doubly linked list over symbols; a merged-away symbol has id -1. Candidates carry the pair they were
+  // made from, so a stale candidate is recognised without another hash lookup (same pair at the same
+  // position always means the same merge).
   thread_local std::vector<int32_t> prev, next;
   prev.resize(n);
   next.resize(n);
@@ -162,38 +164,36 @@ void BpeModel::merge_symbols(std::vector<int32_t>& syms, std::vector<int32_t>& o
     next[i] = i + 1 < n ? int32_t(i + 1) : -1;
   }
   struct Cand {
-    int32_t rank, pos, id;
+    int32_t rank, pos, id, left, right, right_pos;
     bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
   thread_local std::vector<Cand> heap;
   heap.clear();
-  auto push = [&](int32_t pos) {
+  auto push = [&](int32_t pos, bool build) {
     int32_t nx = next[size_t(pos)];
     if (nx < 0) return;
     int32_t rank, id;
     if (merges_.get(syms[size_t(pos)], syms[size_t(nx)], rank, id)) {
-      heap.push_back({rank, pos, id});
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+      heap.push_back({rank, pos, id, syms[size_t(pos)], syms[size_t(nx)], nx});
+      if (!build) std::push_heap(heap.begin(), heap.end(), std::greater<>());
     }
   };
-  for (size_t i = 0; i + 1 < n; ++i) push(int32_t(i));
+  for (size_t i = 0; i + 1 < n; ++i) push(int32_t(i), true);
+  std::make_heap(heap.begin(), heap.end(), std::greater<>());
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), std::greater<>());
     Cand c = heap.back();
     heap.pop_back();
     size_t p = size_t(c.pos);
-    if (syms[p] < 0) continue;
     int32_t nx = next[p];
-    if (nx < 0) continue;
-    int32_t rank, id;
-    if (!merges_.get(syms[p], syms[size_t(nx)], rank, id) || id != c.id) continue;
+    if (syms[p] != c.left || nx != c.right_pos || syms[size_t(nx)] != c.right) continue;  // stale
     // merge p and nx into p
     syms[p] = c.id;
     syms[size_t(nx)] = -1;
     next[p] = next[size_t(nx)];
     if (next[p] >= 0) prev[size_t(next[p])] = int32_t(p);
-    if (prev[p] >= 0) push(prev[p]);
-    push(int32_t(p));
+    if (prev[p] >= 0) push(prev[p], false);
+    push(int32_t(p), false);
   }
   for (int32_t i = 0; i >= 0; i = next[size_t(i)]) out.push_back(syms[size_t(i)]);
 }

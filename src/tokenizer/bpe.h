@@ -127,7 +127,7 @@ class BpeModel {
   bool byte_ids_complete_ = false;
 
   static constexpr size_t kCacheMax = 200000;
-  static constexpr size_t kCacheWordMax = 256;
+  static constexpr size_t kCacheWordMax = 64;  // long words rarely repeat
   mutable std::mutex cache_mu_;
   mutable std::unordered_map<std::string, std::vector<int32_t>, StrHash, std::equal_to<>> cache_;
 };

@@ -234,7 +234,7 @@ void TokenizerImpl::encode(std::string_view text, bool add_special_tokens, std::
   size_t bad = utf8_invalid_offset(text);
   DSFUSE_CHECK(bad == std::string_view::npos, "encode: input text is not valid UTF-8 (invalid byte 0x", std::hex,
                int(static_cast<unsigned char>(text[bad])), std::dec, " at offset ", bad, ")");
-  DSFUSE_CHECK(text.size() < (size_t(1) << 31), "encode: input text of ", text.size(), " bytes is too long (max 2 GiB)");
+  DSFUSE_CHECK(text.size() < (size_t(1) << 29), "encode: input text of ", text.size(), " bytes is too long (max 512 MiB)");
   ids.reserve(text.size() / 3 + 4);
   if (m.trie_raw.empty()) {
     m.encode_text(text, true, ids, toks);
