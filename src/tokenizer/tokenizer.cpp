@@ -171,6 +171,7 @@ void TokenizerImpl::split_added(std::string_view s, const AddedTrie& trie, std::
         stop = k;
       }
     }
+    if (stop < start) stop = start;  // rstrip of the previous match ran past this one (the library overlaps too)
     if (start_offset < start) out.push_back({start_offset, start, -1});
     out.push_back({start, stop, idx});
     start_offset = stop;
