@@ -3,7 +3,9 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <unordered_map>
 
@@ -94,6 +96,8 @@ struct TokenizerImpl {
   std::unordered_map<int32_t, size_t> added_by_id;
   StrMap added_by_content;  // content -> index in `added`
   AddedTrie trie_raw, trie_norm;
+
+  bool decoder_byte_fallback = false;  // the decoder has a ByteFallback step
 
   bool config_policy = false;  // tokenizer_config.json sets add_bos_token / add_eos_token
   bool add_bos = false, add_eos = false;
@@ -405,6 +409,17 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     m.defer_bytes = true;
   }
   m.decoder = make_decoder(get("decoder"), ctx.at("decoder"));
+  {
+    std::function<bool(const json&)> has_bf = [&](const json& d) {
+      if (!d.is_object()) return false;
+      if (d.value("type", "") == "ByteFallback") return true;
+      if (auto it = d.find("decoders"); it != d.end() && it->is_array())
+        for (auto& x : *it)
+          if (has_bf(x)) return true;
+      return false;
+    };
+    m.decoder_byte_fallback = has_bf(get("decoder"));
+  }
   m.post = make_post_processor(get("post_processor"), ctx.at("post_processor"));
 
   if (auto ait = j.find("added_tokens"); ait != j.end() && !ait->is_null()) {
@@ -489,10 +504,20 @@ static bool ends_with_replacement(const std::string& s) {
   return s.size() >= 3 && s.compare(s.size() - 3, 3, "\xEF\xBF\xBD") == 0;
 }
 
+// A <0xXX> byte token under a ByteFallback decoder: the library turns a whole run of byte tokens into
+// U+FFFD (one per byte) when the run is not valid UTF-8, so text of a run is final only once the run ends.
+static bool is_byte_token(const TokenizerImpl& m, int32_t id) {
+  if (!m.decoder_byte_fallback) return false;
+  auto t = m.token_of(id);
+  return t && t->size() == 6 && t->substr(0, 3) == "<0x" && (*t)[5] == '>' &&
+         std::isxdigit(static_cast<unsigned char>((*t)[3])) && std::isxdigit(static_cast<unsigned char>((*t)[4]));
+}
+
 std::string StreamDecoder::push(int32_t id) {
   // Validate the id now so that an unknown id fails at the push that introduced it.
   if (!tok_->impl().added_by_id.count(id)) tok_->id_to_token(id);
   ids_.push_back(id);
+  if (is_byte_token(tok_->impl(), id) && !(skip_special_ && tok_->is_special(id))) return {};
   std::span<const int32_t> all(ids_);
   std::string prefix = tok_->decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_), skip_special_);
   std::string full = tok_->decode(all.subspan(prefix_offset_), skip_special_);
