@@ -201,7 +201,7 @@ void BpeModel::merge_symbols(std::vector<int32_t>& syms, std::vector<int32_t>& o
 void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
   thread_local std::vector<int32_t> syms;
   syms.clear();
-  std::optional<int32_t> pending_unk;
+  int32_t pending_unk = -1;  // an unk waiting to be emitted (fuse_unk merges consecutive ones)
   std::string s;
   size_t i = 0;
   while (i < w.size()) {
@@ -218,7 +218,7 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       sk = s;
     }
     if (const int32_t* v = vocab_.find(sk)) {
-      if (pending_unk) syms.push_back(*pending_unk), pending_unk.reset();
+      if (pending_unk >= 0) syms.push_back(pending_unk), pending_unk = -1;
       syms.push_back(*v);
       continue;
     }
@@ -239,12 +239,12 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       syms.resize(mark);
     }
     if (unk_id_) {
-      if (pending_unk && !fuse_unk_) syms.push_back(*pending_unk);
-      pending_unk = unk_id_;
+      if (pending_unk >= 0 && !fuse_unk_) syms.push_back(pending_unk);
+      pending_unk = *unk_id_;
     }
     // no unk token: the character is dropped, as the library does
   }
-  if (pending_unk) syms.push_back(*pending_unk);
+  if (pending_unk >= 0) syms.push_back(pending_unk);
   if (syms.empty()) return;
   merge_symbols(syms, out);
 }
