@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <queue>
 
+#include <sys/mman.h>
+
 #include "core/error.h"
 #include "tokenizer/unicode.h"
 
@@ -14,19 +16,31 @@ using json = nlohmann::json;
 void MergeTable::reserve(size_t n) {
   size_t cap = 16;
   while (cap < n * 2 + 1) cap <<= 1;
-  t_.assign(cap, Entry{kEmpty, 0, 0});
+  size_t bytes = cap * sizeof(Entry);
+  const size_t huge = size_t(2) << 20;
+  void* p = nullptr;
+  if (bytes >= huge) {
+    bytes = (bytes + huge - 1) / huge * huge;
+    if (posix_memalign(&p, huge, bytes) == 0) madvise(p, bytes, MADV_HUGEPAGE);
+  } else {
+    p = std::malloc(bytes);
+  }
+  if (!p) throw std::bad_alloc();
+  t_buf_.reset(static_cast<Entry*>(p));
+  std::fill(t_buf_.get(), t_buf_.get() + cap, Entry{kEmpty, 0, 0});
+  cap_ = cap;
   mask_ = cap - 1;
   n_ = 0;
 }
 
 void MergeTable::put(int32_t a, int32_t b, int32_t rank, int32_t id) {
-  if ((n_ + 1) * 2 > t_.size()) {
-    std::vector<Entry> old;
-    old.swap(t_);
-    reserve(std::max<size_t>(16, old.size()));
+  if ((n_ + 1) * 2 > cap_) {
+    std::vector<Entry> old(t_buf_.get(), t_buf_.get() + cap_);
+    reserve(std::max<size_t>(16, cap_));
     for (auto& e : old)
       if (e.k != kEmpty) put(int32_t(e.k >> 32), int32_t(uint32_t(e.k)), e.rank, e.id);
   }
+  Entry* t_ = t_buf_.get();
   uint64_t k = key(a, b);
   size_t i = slot(k);
   while (t_[i].k != kEmpty && t_[i].k != k) i = (i + 1) & mask_;

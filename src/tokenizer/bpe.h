@@ -2,6 +2,7 @@
 // continuing_subword_prefix / end_of_word_suffix, and a word cache. dropout must be null (deterministic).
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -61,6 +62,7 @@ class MergeTable {
   // false when the pair has no merge
   bool get(int32_t a, int32_t b, int32_t& rank, int32_t& id) const {
     if (mask_ == 0) return false;
+    const Entry* t_ = t_buf_.get();
     uint64_t k = key(a, b);
     size_t i = slot(k);
     while (true) {
@@ -84,8 +86,13 @@ class MergeTable {
   };
   static uint64_t key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
   size_t slot(uint64_t k) const { return size_t((k * 0x9E3779B97F4A7C15ULL) >> 17) & mask_; }
-  std::vector<Entry> t_;
-  size_t mask_ = 0, n_ = 0;
+  struct Free {
+    void operator()(Entry* p) const { std::free(p); }
+  };
+  // 2 MiB-aligned and advised for transparent huge pages: lookups are random over several MiB, so TLB
+  // misses matter.
+  std::unique_ptr<Entry[], Free> t_buf_;
+  size_t cap_ = 0, mask_ = 0, n_ = 0;
 };
 
 class BpeModel {
