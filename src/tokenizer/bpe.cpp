@@ -1,6 +1,7 @@
 #include "tokenizer/bpe.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <queue>
 
@@ -46,6 +47,57 @@ void MergeTable::put(int32_t a, int32_t b, int32_t rank, int32_t id) {
   while (t_[i].k != kEmpty && t_[i].k != k) i = (i + 1) & mask_;
   if (t_[i].k == kEmpty) ++n_;
   t_[i] = Entry{k, rank, id};  // a repeated pair keeps the last rank, like the library's HashMap collect
+}
+
+const WordCache::Slot* WordCache::find_slot(std::string_view w, uint64_t h) const {
+  size_t mask = slots_.size() - 1;
+  uint32_t tag = uint32_t(h >> 32) | 1u;
+  size_t i = size_t(h) & mask;
+  while (true) {
+    const Slot& s = slots_[i];
+    if (s.tag == 0) return &s;
+    if (s.tag == tag) {
+      const Entry& e = entries_[s.entry];
+      if (e.key_len == w.size() && std::memcmp(keys_.data() + e.key_off, w.data(), w.size()) == 0) return &s;
+    }
+    i = (i + 1) & mask;
+  }
+}
+
+bool WordCache::get(std::string_view w, uint64_t h, std::vector<int32_t>& out) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  if (slots_.empty()) return false;
+  const Slot* s = find_slot(w, h);
+  if (s->tag == 0) return false;
+  const Entry& e = entries_[s->entry];
+  out.insert(out.end(), ids_.begin() + long(e.ids_off), ids_.begin() + long(e.ids_off + e.n_ids));
+  return true;
+}
+
+void WordCache::grow() {
+  size_t cap = slots_.empty() ? 4096 : slots_.size() * 2;
+  slots_.assign(cap, Slot{0, 0});
+  for (uint32_t k = 0; k < entries_.size(); ++k) {
+    const Entry& e = entries_[k];
+    std::string_view key(keys_.data() + e.key_off, e.key_len);
+    uint64_t h = hash(key);
+    size_t i = size_t(h) & (cap - 1);
+    while (slots_[i].tag != 0) i = (i + 1) & (cap - 1);
+    slots_[i] = Slot{uint32_t(h >> 32) | 1u, k};
+  }
+}
+
+void WordCache::put(std::string_view w, uint64_t h, const int32_t* ids, size_t n) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  if (entries_.size() >= max_entries_) return;
+  if ((entries_.size() + 1) * 2 > slots_.size()) grow();
+  const Slot* s = find_slot(w, h);
+  if (s->tag != 0) return;  // another thread got there first
+  Entry e{uint32_t(keys_.size()), uint32_t(w.size()), uint32_t(ids_.size()), uint32_t(n)};
+  keys_.append(w);
+  ids_.insert(ids_.end(), ids, ids + n);
+  *const_cast<Slot*>(s) = Slot{uint32_t(h >> 32) | 1u, uint32_t(entries_.size())};
+  entries_.push_back(e);
 }
 
 void StrIdMap::reserve(size_t n) {
@@ -266,13 +318,10 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
 void BpeModel::tokenize(std::string_view word, bool raw_bytes, std::vector<int32_t>& out) const {
   if (word.empty()) return;
   bool cacheable = word.size() <= kCacheWordMax;
+  uint64_t h = 0;
   if (cacheable) {
-    std::lock_guard<std::mutex> lk(cache_mu_);
-    auto it = cache_.find(word);
-    if (it != cache_.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
-      return;
-    }
+    h = WordCache::hash(word);
+    if (cache_.get(word, h, out)) return;
   }
   size_t start = out.size();
   std::string mapped;
@@ -299,10 +348,7 @@ void BpeModel::tokenize(std::string_view word, bool raw_bytes, std::vector<int32
       merge_word(chars, out);
     }
   }
-  if (cacheable) {
-    std::lock_guard<std::mutex> lk(cache_mu_);
-    if (cache_.size() < kCacheMax) cache_.emplace(std::string(word), std::vector<int32_t>(out.begin() + long(start), out.end()));
-  }
+  if (cacheable) cache_.put(word, h, out.data() + start, out.size() - start);
 }
 
 }  // namespace dsfuse::tok

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -95,6 +96,32 @@ class MergeTable {
   size_t cap_ = 0, mask_ = 0, n_ = 0;
 };
 
+// Word -> ids cache: open addressing over flat arrays (no per-entry allocation). Thread-safe.
+class WordCache {
+ public:
+  explicit WordCache(size_t max_entries) : max_entries_(max_entries) {}
+  // Appends the cached ids of w to out; false when absent.
+  bool get(std::string_view w, uint64_t h, std::vector<int32_t>& out) const;
+  void put(std::string_view w, uint64_t h, const int32_t* ids, size_t n);
+  static uint64_t hash(std::string_view w) { return std::hash<std::string_view>{}(w) * 0x9E3779B97F4A7C15ULL; }
+
+ private:
+  struct Entry {
+    uint32_t key_off, key_len, ids_off, n_ids;
+  };
+  struct Slot {
+    uint32_t tag, entry;  // tag 0: empty
+  };
+  const Slot* find_slot(std::string_view w, uint64_t h) const;  // occupied matching slot or the empty slot
+  void grow();
+  size_t max_entries_;
+  mutable std::shared_mutex mu_;
+  std::vector<Slot> slots_;
+  std::vector<Entry> entries_;
+  std::string keys_;
+  std::vector<int32_t> ids_;
+};
+
 class BpeModel {
  public:
   // model: the model object without vocab/merges; data: its vocab and merges (arena moved in).
@@ -135,8 +162,7 @@ class BpeModel {
 
   static constexpr size_t kCacheMax = 200000;
   static constexpr size_t kCacheWordMax = 64;  // long words rarely repeat
-  mutable std::mutex cache_mu_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, StrHash, std::equal_to<>> cache_;
+  mutable WordCache cache_{kCacheMax};
 };
 
 }  // namespace dsfuse::tok
