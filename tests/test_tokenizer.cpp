@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "core/error.h"
 #include "test_util.h"
@@ -103,6 +104,25 @@ TEST_P(TokenizerFixture, CorpusRoundTrip) {
   while (std::getline(in, line) && n < 2000) {
     ++n;
     ASSERT_EQ(tok.decode(tok.encode(line, false)), line);
+  }
+}
+
+TEST_P(TokenizerFixture, ConcurrentEncodeIsConsistent) {
+  DSFUSE_REQUIRE_FIXTURE(dir, std::string("tokenizers/") + GetParam());
+  auto cases = read_cases(dir);
+  Tokenizer tok = Tokenizer::load(dir);  // fresh word cache, filled by both threads at once
+  std::vector<std::vector<int32_t>> got[2];
+  auto work = [&](int t) {
+    for (int rep = 0; rep < 20; ++rep)
+      for (const json& c : cases) got[t].push_back(tok.encode(c["text"].get<std::string>(), false));
+  };
+  std::thread a(work, 0), b(work, 1);
+  a.join();
+  b.join();
+  ASSERT_EQ(got[0].size(), got[1].size());
+  for (size_t i = 0; i < got[0].size(); ++i) {
+    EXPECT_EQ(got[0][i], cases[i % cases.size()]["ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(got[1][i], got[0][i]);
   }
 }
 

@@ -81,3 +81,25 @@ TEST_P(SyntheticTokenizer, StreamDecoderMatchesDecode) {
 
 INSTANTIATE_TEST_SUITE_P(Synthetic, SyntheticTokenizer, ::testing::Values("A", "B", "C", "D"),
                          [](const auto& info) { return std::string(info.param); });
+
+// Found by fuzz_tokenizer: under ByteFallback a later invalid byte turns the whole run of byte tokens into
+// U+FFFD, so the stream must not emit a run before it ends.
+TEST(SyntheticStream, ByteFallbackRunIsHeldUntilItEnds) {
+  auto path = data_dir() / "A.json";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not found";
+  Tokenizer tok = Tokenizer::load(path);
+  std::vector<int32_t> ids = {25, 292, 75, 38, 31, 235};  // <0x16> H <0x48> <0x23> <0x1C> <0xE8>
+  EXPECT_EQ(tok.decode(ids), "\x16H\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  StreamDecoder sd(tok);
+  std::string all;
+  for (int32_t id : ids) all += sd.push(id);
+  all += sd.flush();
+  EXPECT_EQ(all, tok.decode(ids));
+  // A valid multi-byte run is emitted as soon as a normal token follows it.
+  auto e = tok.encode("é x", false);  // ▁ <0xC3> <0xA9> ▁x
+  StreamDecoder s2(tok);
+  std::string out;
+  for (int32_t id : e) out += s2.push(id);
+  EXPECT_EQ(out, "é x");
+  EXPECT_EQ(s2.flush(), "");
+}

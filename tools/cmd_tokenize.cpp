@@ -4,10 +4,12 @@
 //   dsfuse tokenize --tokenizer DIR --bench FILE                       load ms, encode/decode MB/s
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <sstream>
 
 #include "cli.h"
@@ -21,6 +23,13 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// CPU time of this thread: robust against other processes competing for the cores.
+double thread_cpu_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) / 1e6;
 }
 
 std::string slurp(const std::string& path) {
@@ -67,10 +76,12 @@ int run_jsonl(const dsfuse::tok::Tokenizer& tok, const std::string& path, bool a
 int run_text(const dsfuse::tok::Tokenizer& tok, const std::string& text, bool add_special) {
   auto enc = tok.encode_full(text, add_special);
   const auto& ids = enc.ids;
-  std::printf("%zu tokens\n", ids.size());
+  std::printf("%zu tokens (index, id, token, decoded piece)\n", ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
     json t = enc.tokens[i];
-    std::printf("%6zu  %8d  %s%s\n", i, ids[i], t.dump(-1, ' ', false, json::error_handler_t::replace).c_str(),
+    json piece = tok.decode(std::span<const int32_t>(&ids[i], 1));  // U+FFFD where a character spans tokens
+    std::printf("%6zu  %8d  %-24s %s%s\n", i, ids[i], t.dump(-1, ' ', false, json::error_handler_t::replace).c_str(),
+                piece.dump(-1, ' ', false, json::error_handler_t::replace).c_str(),
                 tok.is_special(ids[i]) ? "  (special)" : "");
   }
   json d = tok.decode(ids, false);
@@ -80,24 +91,29 @@ int run_text(const dsfuse::tok::Tokenizer& tok, const std::string& text, bool ad
 
 int run_bench(const std::string& dir, const std::string& file, int repeat) {
   auto t0 = Clock::now();
+  double c0 = thread_cpu_ms();
   auto tok = dsfuse::tok::Tokenizer::load(dir);
-  double load_ms = ms_since(t0);
+  double load_ms = ms_since(t0), load_cpu = thread_cpu_ms() - c0;
   std::string text = slurp(file);
   double mb = double(text.size()) / 1e6;
-  std::printf("tokenizer   %s (vocab %zu)\nload        %.1f ms\ninput       %s (%.3f MB)\n", dir.c_str(),
-              tok.vocab_size(), load_ms, file.c_str(), mb);
+  std::printf("tokenizer   %s (vocab %zu)\nload        %.1f ms wall, %.1f ms cpu\ninput       %s (%.3f MB)\n",
+              dir.c_str(), tok.vocab_size(), load_ms, load_cpu, file.c_str(), mb);
   std::vector<int32_t> ids;
   for (int r = 0; r < repeat; ++r) {
     t0 = Clock::now();
+    c0 = thread_cpu_ms();
     ids = tok.encode(text, false);
-    double ms = ms_since(t0);
-    std::printf("encode %-4s %.1f ms  %.2f MB/s  %zu tokens (%.2f bytes/token)\n", r == 0 ? "cold" : "warm", ms,
-                mb / (ms / 1e3), ids.size(), double(text.size()) / double(std::max<size_t>(ids.size(), 1)));
+    double ms = ms_since(t0), cpu = thread_cpu_ms() - c0;
+    std::printf("encode %-4s %.1f ms wall %.2f MB/s, %.1f ms cpu %.2f MB/s, %zu tokens (%.2f bytes/token)\n",
+                r == 0 ? "cold" : "warm", ms, mb / (ms / 1e3), cpu, mb / (cpu / 1e3), ids.size(),
+                double(text.size()) / double(std::max<size_t>(ids.size(), 1)));
   }
   t0 = Clock::now();
+  c0 = thread_cpu_ms();
   std::string back = tok.decode(ids);
-  double ms = ms_since(t0);
-  std::printf("decode      %.1f ms  %.2f MB/s  round trip %s\n", ms, mb / (ms / 1e3), back == text ? "exact" : "DIFFERS");
+  double ms = ms_since(t0), cpu = thread_cpu_ms() - c0;
+  std::printf("decode      %.1f ms wall %.2f MB/s, %.1f ms cpu %.2f MB/s, round trip %s\n", ms, mb / (ms / 1e3), cpu,
+              mb / (cpu / 1e3), back == text ? "exact" : "DIFFERS");
   return back == text ? 0 : 1;
 }
 

@@ -1,8 +1,11 @@
 #include "tokenizer/bpe.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <queue>
+
+#include <sys/mman.h>
 
 #include "core/error.h"
 #include "tokenizer/unicode.h"
@@ -14,24 +17,87 @@ using json = nlohmann::json;
 void MergeTable::reserve(size_t n) {
   size_t cap = 16;
   while (cap < n * 2 + 1) cap <<= 1;
-  t_.assign(cap, Entry{kEmpty, 0, 0});
+  size_t bytes = cap * sizeof(Entry);
+  const size_t huge = size_t(2) << 20;
+  void* p = nullptr;
+  if (bytes >= huge) {
+    bytes = (bytes + huge - 1) / huge * huge;
+    if (posix_memalign(&p, huge, bytes) == 0) madvise(p, bytes, MADV_HUGEPAGE);
+  } else {
+    p = std::malloc(bytes);
+  }
+  if (!p) throw std::bad_alloc();
+  t_buf_.reset(static_cast<Entry*>(p));
+  std::fill(t_buf_.get(), t_buf_.get() + cap, Entry{kEmpty, 0, 0});
+  cap_ = cap;
   mask_ = cap - 1;
   n_ = 0;
 }
 
 void MergeTable::put(int32_t a, int32_t b, int32_t rank, int32_t id) {
-  if ((n_ + 1) * 2 > t_.size()) {
-    std::vector<Entry> old;
-    old.swap(t_);
-    reserve(std::max<size_t>(16, old.size()));
+  if ((n_ + 1) * 2 > cap_) {
+    std::vector<Entry> old(t_buf_.get(), t_buf_.get() + cap_);
+    reserve(std::max<size_t>(16, cap_));
     for (auto& e : old)
       if (e.k != kEmpty) put(int32_t(e.k >> 32), int32_t(uint32_t(e.k)), e.rank, e.id);
   }
+  Entry* t_ = t_buf_.get();
   uint64_t k = key(a, b);
   size_t i = slot(k);
   while (t_[i].k != kEmpty && t_[i].k != k) i = (i + 1) & mask_;
   if (t_[i].k == kEmpty) ++n_;
   t_[i] = Entry{k, rank, id};  // a repeated pair keeps the last rank, like the library's HashMap collect
+}
+
+const WordCache::Slot* WordCache::find_slot(std::string_view w, uint64_t h) const {
+  size_t mask = slots_.size() - 1;
+  uint32_t tag = uint32_t(h >> 32) | 1u;
+  size_t i = size_t(h) & mask;
+  while (true) {
+    const Slot& s = slots_[i];
+    if (s.tag == 0) return &s;
+    if (s.tag == tag) {
+      const Entry& e = entries_[s.entry];
+      if (e.key_len == w.size() && std::memcmp(keys_.data() + e.key_off, w.data(), w.size()) == 0) return &s;
+    }
+    i = (i + 1) & mask;
+  }
+}
+
+bool WordCache::get(std::string_view w, uint64_t h, std::vector<int32_t>& out) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  if (slots_.empty()) return false;
+  const Slot* s = find_slot(w, h);
+  if (s->tag == 0) return false;
+  const Entry& e = entries_[s->entry];
+  out.insert(out.end(), ids_.begin() + long(e.ids_off), ids_.begin() + long(e.ids_off + e.n_ids));
+  return true;
+}
+
+void WordCache::grow() {
+  size_t cap = slots_.empty() ? 4096 : slots_.size() * 2;
+  slots_.assign(cap, Slot{0, 0});
+  for (uint32_t k = 0; k < entries_.size(); ++k) {
+    const Entry& e = entries_[k];
+    std::string_view key(keys_.data() + e.key_off, e.key_len);
+    uint64_t h = hash(key);
+    size_t i = size_t(h) & (cap - 1);
+    while (slots_[i].tag != 0) i = (i + 1) & (cap - 1);
+    slots_[i] = Slot{uint32_t(h >> 32) | 1u, k};
+  }
+}
+
+void WordCache::put(std::string_view w, uint64_t h, const int32_t* ids, size_t n) {
+  std::unique_lock<std::shared_mutex> lk(mu_);
+  if (entries_.size() >= max_entries_) return;
+  if ((entries_.size() + 1) * 2 > slots_.size()) grow();
+  const Slot* s = find_slot(w, h);
+  if (s->tag != 0) return;  // another thread got there first
+  Entry e{uint32_t(keys_.size()), uint32_t(w.size()), uint32_t(ids_.size()), uint32_t(n)};
+  keys_.append(w);
+  ids_.insert(ids_.end(), ids, ids + n);
+  *const_cast<Slot*>(s) = Slot{uint32_t(h >> 32) | 1u, uint32_t(entries_.size())};
+  entries_.push_back(e);
 }
 
 void StrIdMap::reserve(size_t n) {
@@ -153,7 +219,9 @@ void BpeModel::merge_symbols(std::vector<int32_t>& syms, std::vector<int32_t>& o
     out.push_back(syms[0]);
     return;
   }
-  // Doubly linked list over symbols; a removed symbol has id -1.
+  // Doubly linked list over symbols; a merged-away symbol has id -1. Candidates carry the pair they were
+  // made from, so a stale candidate is recognised without another hash lookup (same pair at the same
+  // position always means the same merge).
   thread_local std::vector<int32_t> prev, next;
   prev.resize(n);
   next.resize(n);
@@ -162,38 +230,36 @@ void BpeModel::merge_symbols(std::vector<int32_t>& syms, std::vector<int32_t>& o
     next[i] = i + 1 < n ? int32_t(i + 1) : -1;
   }
   struct Cand {
-    int32_t rank, pos, id;
+    int32_t rank, pos, id, left, right, right_pos;
     bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
   thread_local std::vector<Cand> heap;
   heap.clear();
-  auto push = [&](int32_t pos) {
+  auto push = [&](int32_t pos, bool build) {
     int32_t nx = next[size_t(pos)];
     if (nx < 0) return;
     int32_t rank, id;
     if (merges_.get(syms[size_t(pos)], syms[size_t(nx)], rank, id)) {
-      heap.push_back({rank, pos, id});
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+      heap.push_back({rank, pos, id, syms[size_t(pos)], syms[size_t(nx)], nx});
+      if (!build) std::push_heap(heap.begin(), heap.end(), std::greater<>());
     }
   };
-  for (size_t i = 0; i + 1 < n; ++i) push(int32_t(i));
+  for (size_t i = 0; i + 1 < n; ++i) push(int32_t(i), true);
+  std::make_heap(heap.begin(), heap.end(), std::greater<>());
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), std::greater<>());
     Cand c = heap.back();
     heap.pop_back();
     size_t p = size_t(c.pos);
-    if (syms[p] < 0) continue;
     int32_t nx = next[p];
-    if (nx < 0) continue;
-    int32_t rank, id;
-    if (!merges_.get(syms[p], syms[size_t(nx)], rank, id) || id != c.id) continue;
+    if (syms[p] != c.left || nx != c.right_pos || syms[size_t(nx)] != c.right) continue;  // stale
     // merge p and nx into p
     syms[p] = c.id;
     syms[size_t(nx)] = -1;
     next[p] = next[size_t(nx)];
     if (next[p] >= 0) prev[size_t(next[p])] = int32_t(p);
-    if (prev[p] >= 0) push(prev[p]);
-    push(int32_t(p));
+    if (prev[p] >= 0) push(prev[p], false);
+    push(int32_t(p), false);
   }
   for (int32_t i = 0; i >= 0; i = next[size_t(i)]) out.push_back(syms[size_t(i)]);
 }
@@ -201,7 +267,7 @@ void BpeModel::merge_symbols(std::vector<int32_t>& syms, std::vector<int32_t>& o
 void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
   thread_local std::vector<int32_t> syms;
   syms.clear();
-  std::optional<int32_t> pending_unk;
+  int32_t pending_unk = -1;  // an unk waiting to be emitted (fuse_unk merges consecutive ones)
   std::string s;
   size_t i = 0;
   while (i < w.size()) {
@@ -218,7 +284,7 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       sk = s;
     }
     if (const int32_t* v = vocab_.find(sk)) {
-      if (pending_unk) syms.push_back(*pending_unk), pending_unk.reset();
+      if (pending_unk >= 0) syms.push_back(pending_unk), pending_unk = -1;
       syms.push_back(*v);
       continue;
     }
@@ -239,12 +305,12 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
       syms.resize(mark);
     }
     if (unk_id_) {
-      if (pending_unk && !fuse_unk_) syms.push_back(*pending_unk);
-      pending_unk = unk_id_;
+      if (pending_unk >= 0 && !fuse_unk_) syms.push_back(pending_unk);
+      pending_unk = *unk_id_;
     }
     // no unk token: the character is dropped, as the library does
   }
-  if (pending_unk) syms.push_back(*pending_unk);
+  if (pending_unk >= 0) syms.push_back(pending_unk);
   if (syms.empty()) return;
   merge_symbols(syms, out);
 }
@@ -252,13 +318,10 @@ void BpeModel::merge_word(std::string_view w, std::vector<int32_t>& out) const {
 void BpeModel::tokenize(std::string_view word, bool raw_bytes, std::vector<int32_t>& out) const {
   if (word.empty()) return;
   bool cacheable = word.size() <= kCacheWordMax;
+  uint64_t h = 0;
   if (cacheable) {
-    std::lock_guard<std::mutex> lk(cache_mu_);
-    auto it = cache_.find(word);
-    if (it != cache_.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
-      return;
-    }
+    h = WordCache::hash(word);
+    if (cache_.get(word, h, out)) return;
   }
   size_t start = out.size();
   std::string mapped;
@@ -285,10 +348,7 @@ void BpeModel::tokenize(std::string_view word, bool raw_bytes, std::vector<int32
       merge_word(chars, out);
     }
   }
-  if (cacheable) {
-    std::lock_guard<std::mutex> lk(cache_mu_);
-    if (cache_.size() < kCacheMax) cache_.emplace(std::string(word), std::vector<int32_t>(out.begin() + long(start), out.end()));
-  }
+  if (cacheable) cache_.put(word, h, out.data() + start, out.size() - start);
 }
 
 }  // namespace dsfuse::tok

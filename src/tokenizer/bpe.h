@@ -2,8 +2,10 @@
 // continuing_subword_prefix / end_of_word_suffix, and a word cache. dropout must be null (deterministic).
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -61,6 +63,7 @@ class MergeTable {
   // false when the pair has no merge
   bool get(int32_t a, int32_t b, int32_t& rank, int32_t& id) const {
     if (mask_ == 0) return false;
+    const Entry* t_ = t_buf_.get();
     uint64_t k = key(a, b);
     size_t i = slot(k);
     while (true) {
@@ -84,8 +87,39 @@ class MergeTable {
   };
   static uint64_t key(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
   size_t slot(uint64_t k) const { return size_t((k * 0x9E3779B97F4A7C15ULL) >> 17) & mask_; }
-  std::vector<Entry> t_;
-  size_t mask_ = 0, n_ = 0;
+  struct Free {
+    void operator()(Entry* p) const { std::free(p); }
+  };
+  // 2 MiB-aligned and advised for transparent huge pages: lookups are random over several MiB, so TLB
+  // misses matter.
+  std::unique_ptr<Entry[], Free> t_buf_;
+  size_t cap_ = 0, mask_ = 0, n_ = 0;
+};
+
+// Word -> ids cache: open addressing over flat arrays (no per-entry allocation). Thread-safe.
+class WordCache {
+ public:
+  explicit WordCache(size_t max_entries) : max_entries_(max_entries) {}
+  // Appends the cached ids of w to out; false when absent.
+  bool get(std::string_view w, uint64_t h, std::vector<int32_t>& out) const;
+  void put(std::string_view w, uint64_t h, const int32_t* ids, size_t n);
+  static uint64_t hash(std::string_view w) { return std::hash<std::string_view>{}(w) * 0x9E3779B97F4A7C15ULL; }
+
+ private:
+  struct Entry {
+    uint32_t key_off, key_len, ids_off, n_ids;
+  };
+  struct Slot {
+    uint32_t tag, entry;  // tag 0: empty
+  };
+  const Slot* find_slot(std::string_view w, uint64_t h) const;  // occupied matching slot or the empty slot
+  void grow();
+  size_t max_entries_;
+  mutable std::shared_mutex mu_;
+  std::vector<Slot> slots_;
+  std::vector<Entry> entries_;
+  std::string keys_;
+  std::vector<int32_t> ids_;
 };
 
 class BpeModel {
@@ -127,9 +161,8 @@ class BpeModel {
   bool byte_ids_complete_ = false;
 
   static constexpr size_t kCacheMax = 200000;
-  static constexpr size_t kCacheWordMax = 256;
-  mutable std::mutex cache_mu_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, StrHash, std::equal_to<>> cache_;
+  static constexpr size_t kCacheWordMax = 64;  // long words rarely repeat
+  mutable WordCache cache_{kCacheMax};
 };
 
 }  // namespace dsfuse::tok

@@ -3,7 +3,9 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <unordered_map>
 
@@ -95,6 +97,8 @@ struct TokenizerImpl {
   StrMap added_by_content;  // content -> index in `added`
   AddedTrie trie_raw, trie_norm;
 
+  bool decoder_byte_fallback = false;  // the decoder has a ByteFallback step
+
   bool config_policy = false;  // tokenizer_config.json sets add_bos_token / add_eos_token
   bool add_bos = false, add_eos = false;
   std::optional<std::string> bos_tok, eos_tok;
@@ -171,6 +175,7 @@ void TokenizerImpl::split_added(std::string_view s, const AddedTrie& trie, std::
         stop = k;
       }
     }
+    if (stop < start) stop = start;  // rstrip of the previous match ran past this one (the library overlaps too)
     if (start_offset < start) out.push_back({start_offset, start, -1});
     out.push_back({start, stop, idx});
     start_offset = stop;
@@ -234,7 +239,7 @@ void TokenizerImpl::encode(std::string_view text, bool add_special_tokens, std::
   size_t bad = utf8_invalid_offset(text);
   DSFUSE_CHECK(bad == std::string_view::npos, "encode: input text is not valid UTF-8 (invalid byte 0x", std::hex,
                int(static_cast<unsigned char>(text[bad])), std::dec, " at offset ", bad, ")");
-  DSFUSE_CHECK(text.size() < (size_t(1) << 31), "encode: input text of ", text.size(), " bytes is too long (max 2 GiB)");
+  DSFUSE_CHECK(text.size() < (size_t(1) << 29), "encode: input text of ", text.size(), " bytes is too long (max 512 MiB)");
   ids.reserve(text.size() / 3 + 4);
   if (m.trie_raw.empty()) {
     m.encode_text(text, true, ids, toks);
@@ -404,6 +409,17 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     m.defer_bytes = true;
   }
   m.decoder = make_decoder(get("decoder"), ctx.at("decoder"));
+  {
+    std::function<bool(const json&)> has_bf = [&](const json& d) {
+      if (!d.is_object()) return false;
+      if (d.value("type", "") == "ByteFallback") return true;
+      if (auto it = d.find("decoders"); it != d.end() && it->is_array())
+        for (auto& x : *it)
+          if (has_bf(x)) return true;
+      return false;
+    };
+    m.decoder_byte_fallback = has_bf(get("decoder"));
+  }
   m.post = make_post_processor(get("post_processor"), ctx.at("post_processor"));
 
   if (auto ait = j.find("added_tokens"); ait != j.end() && !ait->is_null()) {
@@ -488,10 +504,20 @@ static bool ends_with_replacement(const std::string& s) {
   return s.size() >= 3 && s.compare(s.size() - 3, 3, "\xEF\xBF\xBD") == 0;
 }
 
+// A <0xXX> byte token under a ByteFallback decoder: the library turns a whole run of byte tokens into
+// U+FFFD (one per byte) when the run is not valid UTF-8, so text of a run is final only once the run ends.
+static bool is_byte_token(const TokenizerImpl& m, int32_t id) {
+  if (!m.decoder_byte_fallback) return false;
+  auto t = m.token_of(id);
+  return t && t->size() == 6 && t->substr(0, 3) == "<0x" && (*t)[5] == '>' &&
+         std::isxdigit(static_cast<unsigned char>((*t)[3])) && std::isxdigit(static_cast<unsigned char>((*t)[4]));
+}
+
 std::string StreamDecoder::push(int32_t id) {
   // Validate the id now so that an unknown id fails at the push that introduced it.
   if (!tok_->impl().added_by_id.count(id)) tok_->id_to_token(id);
   ids_.push_back(id);
+  if (is_byte_token(tok_->impl(), id) && !(skip_special_ && tok_->is_special(id))) return {};
   std::span<const int32_t> all(ids_);
   std::string prefix = tok_->decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_), skip_special_);
   std::string full = tok_->decode(all.subspan(prefix_offset_), skip_special_);

@@ -2,6 +2,17 @@
 // `tokenizers` library (0.23) token for token: added-token splitting, normalizers, pre-tokenizers, BPE,
 // post-processors and decoders. Every failure on bad input is a dsfuse::Error naming what is wrong.
 //
+// Supported (anything else is an Error naming the file and JSON path):
+//   model: BPE (vocab, merges as "a b" or ["a","b"], ignore_merges, byte_fallback, unk_token/fuse_unk,
+//          continuing_subword_prefix, end_of_word_suffix; dropout null)
+//   normalizer: Sequence NFC NFD NFKC NFKD Lowercase StripAccents Strip Replace Prepend
+//   pre_tokenizer: Sequence Split(all behaviors, invert) ByteLevel Digits Metaspace Whitespace WhitespaceSplit
+//   decoder: Sequence ByteLevel Replace Strip Fuse ByteFallback Metaspace
+//   post_processor: ByteLevel TemplateProcessing(single) BertProcessing RobertaProcessing Sequence
+// Not produced: offsets, type ids, attention masks, pair encodings, truncation/padding. Added-token ids are
+// taken from tokenizer.json as written. transformers-level extras (clean_up_tokenization_spaces, chat
+// templates) are not applied.
+//
 // Input text must be valid UTF-8 (the reference library only accepts Unicode strings): encode() throws
 // an Error naming the first invalid byte offset. decode() throws on ids outside the vocabulary; bytes that
 // do not form UTF-8 after byte-level decoding become U+FFFD exactly like the library (from_utf8_lossy).
