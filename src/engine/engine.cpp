@@ -137,6 +137,7 @@ void Engine::Impl::finish(Seq& s, FinishReason why, const std::string& error) {
 void Engine::Impl::preempt(std::shared_ptr<Seq> s) {
   // Recompute later: drop its blocks (full ones stay in the prefix cache), keep its tokens.
   blocks->free(s->table);
+  ++st.preemptions;
   s->computed = 0;
   s->sealed = 0;
   s->chain = 0;

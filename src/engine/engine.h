@@ -82,6 +82,7 @@ struct EngineStats {
   int64_t prefix_queries = 0, prefix_hits = 0;  // prompt blocks looked up / found in the prefix cache
   int64_t prompt_tokens = 0, generated_tokens = 0;
   int64_t steps = 0;
+  int64_t preemptions = 0;  // sequences evicted from the KV pool to be recomputed later
 };
 
 class QueueFull : public Error {
