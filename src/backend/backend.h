@@ -73,6 +73,9 @@ struct ExpertWeights {
   Linear gate, up, down;  // gate/up [I, H], down [H, I]
 };
 
+// Tensor arguments of ops live in the backend's memory (activations come from an Arena backed by
+// Backend::alloc, weights from prepare()); plain pointer arguments (token ids, positions, block tables in
+// PagedRows) are host memory, and a device backend copies what it needs.
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -85,6 +88,10 @@ class Backend {
   virtual void copy_to_device(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() {}
+  // Weight residency: the loader passes every weight through these once. The CPU backend uses the
+  // memory-mapped bytes as they are; a device backend returns copies in its own memory.
+  virtual Linear prepare(const Linear& w) { return w; }
+  virtual TensorView prepare(const TensorView& v) { return v; }
 
   // out[t] = table[ids[t]]  // out [T, H] f32, table [V, H]
   virtual void embedding(TensorView out, const TensorView& table, const int32_t* ids, int64_t T) = 0;

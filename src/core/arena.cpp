@@ -32,23 +32,42 @@ void Buffer::zero() {
   if (data_) std::memset(data_, 0, size_);
 }
 
+Arena::~Arena() {
+  if (ext_) free_(ext_);
+}
+
+void Arena::set_allocator(AllocFn alloc, FreeFn free, Device device) {
+  DSFUSE_CHECK(!ext_ && buf_.size() == 0, "set_allocator must come before the first reserve");
+  alloc_ = std::move(alloc);
+  free_ = std::move(free);
+  device_ = device;
+}
+
 void Arena::reserve(size_t bytes) {
-  if (bytes <= buf_.size()) return;
-  buf_ = Buffer(bytes);
+  if (bytes <= capacity()) return;
   used_ = 0;
+  if (alloc_) {
+    if (ext_) free_(ext_);
+    ext_ = nullptr;
+    ext_ = alloc_(bytes);
+    DSFUSE_CHECK(ext_, "out of device memory for a workspace of ", bytes, " bytes");
+    ext_size_ = bytes;
+  } else {
+    buf_ = Buffer(bytes);
+  }
 }
 
 void* Arena::alloc_bytes(size_t bytes) {
   size_t start = (used_ + kAlign - 1) / kAlign * kAlign;
-  DSFUSE_CHECK(start + bytes <= buf_.size(), "workspace arena exhausted: need ", start + bytes,
-               " bytes, have ", buf_.size());
+  DSFUSE_CHECK(start + bytes <= capacity(), "workspace arena exhausted: need ", start + bytes, " bytes, have ",
+               capacity());
   used_ = start + bytes;
   if (used_ > high_) high_ = used_;
-  return static_cast<char*>(buf_.data()) + start;
+  return base() + start;
 }
 
 TensorView Arena::alloc(DType t, std::initializer_list<int64_t> dims) {
-  TensorView v(nullptr, t, dims);
+  TensorView v(nullptr, t, dims, device_);
   v.data = alloc_bytes(v.nbytes());
   return v;
 }

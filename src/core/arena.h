@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 
 #include "core/tensor.h"
@@ -30,8 +31,16 @@ class Buffer {
 
 class Arena {
  public:
+  using AllocFn = std::function<void*(size_t)>;
+  using FreeFn = std::function<void(void*)>;
+
   Arena() = default;
   explicit Arena(size_t bytes) : buf_(bytes) {}
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  // Memory from a device backend instead of the host heap (views are tagged with `device`).
+  void set_allocator(AllocFn alloc, FreeFn free, Device device);
   void reserve(size_t bytes);  // reallocates only when larger; invalidates outstanding views
   // Allocates a contiguous tensor; throws (never grows) when the arena is exhausted.
   TensorView alloc(DType t, std::initializer_list<int64_t> dims);
@@ -39,11 +48,17 @@ class Arena {
   void reset() { used_ = 0; }
   void reset_to(size_t mark) { used_ = mark; }  // frees everything allocated after `mark`
   size_t used() const { return used_; }
-  size_t capacity() const { return buf_.size(); }
+  size_t capacity() const { return ext_ ? ext_size_ : buf_.size(); }
   size_t high_water() const { return high_; }
 
  private:
+  char* base() const { return ext_ ? static_cast<char*>(ext_) : static_cast<char*>(buf_.data()); }
   Buffer buf_;
+  AllocFn alloc_;
+  FreeFn free_;
+  Device device_{};
+  void* ext_ = nullptr;
+  size_t ext_size_ = 0;
   size_t used_ = 0;
   size_t high_ = 0;
 };

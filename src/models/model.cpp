@@ -19,14 +19,20 @@ void WeightLoader::check_float(const std::string& name, const TensorView& v, boo
 }
 
 Linear WeightLoader::linear(const std::string& name, int64_t N, int64_t K, bool bias) {
-  Linear l = linear_exact(name, N, K, bias);
-  if (quant_ == QuantType::None) return l;
-  Linear q = quantize_linear(l, quant_, store_);
-  if (ck_.is_synthetic()) ck_.release(name + ".weight");
-  return q;
+  Linear l = load_linear(name, N, K, bias);
+  if (quant_ != QuantType::None) {
+    l = quantize_linear(l, quant_, store_);
+    if (ck_.is_synthetic()) ck_.release(name + ".weight");
+  }
+  return be_ ? be_->prepare(l) : l;
 }
 
 Linear WeightLoader::linear_exact(const std::string& name, int64_t N, int64_t K, bool bias) {
+  Linear l = load_linear(name, N, K, bias);
+  return be_ ? be_->prepare(l) : l;
+}
+
+Linear WeightLoader::load_linear(const std::string& name, int64_t N, int64_t K, bool bias) {
   Linear l;
   const std::string wn = name + ".weight";
   l.w = ck_.get(wn, {N, K});
@@ -47,20 +53,23 @@ Linear WeightLoader::linear_exact(const std::string& name, int64_t N, int64_t K,
     fail(cat("tensor '", name, ".weight_scale_inv' in ", ck_.file_of(name + ".weight_scale_inv"),
              " scales a weight that is not float8 (", dtype_name(l.w.dtype), ")"));
   }
-  if (bias) l.bias = vector(name + ".bias", N);
+  if (bias) {
+    l.bias = ck_.get(name + ".bias", {N});
+    check_float(name + ".bias", l.bias, false);
+  }
   return l;
 }
 
 TensorView WeightLoader::vector(const std::string& name, int64_t n) {
   TensorView v = ck_.get(name, {n});
   check_float(name, v, false);
-  return v;
+  return be_ ? be_->prepare(v) : v;
 }
 
 TensorView WeightLoader::matrix(const std::string& name, int64_t r, int64_t c) {
   TensorView v = ck_.get(name, {r, c});
   check_float(name, v, false);
-  return v;
+  return be_ ? be_->prepare(v) : v;
 }
 
 // ---------------------------------------------------------------- shared model parts
@@ -171,6 +180,7 @@ class ModelImpl final : public Model {
     if (opts.device == "cpu") be_ = make_cpu_backend(opts.threads);
     else if (opts.device == "reference") be_ = make_reference_backend();
     else fail(cat("device '", opts.device, "' is not available (this build supports: cpu, reference)"));
+    wl_.set_backend(be_.get());
     auto it = model_registry().find(cfg_.architecture);
     DSFUSE_CHECK(it != model_registry().end(), "no implementation registered for ", cfg_.architecture);
     for (const auto& n : ck_->names())

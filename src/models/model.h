@@ -32,8 +32,12 @@ class WeightLoader {
   TensorView matrix(const std::string& name, int64_t r, int64_t c);  // embeddings: float types only
   bool has(const std::string& name) const { return ck_.has(name); }
   Checkpoint& checkpoint() { return ck_; }
+  // Every weight handed out goes through backend->prepare (device residency).
+  void set_backend(Backend* be) { be_ = be; }
 
  private:
+  Linear load_linear(const std::string& name, int64_t N, int64_t K, bool bias);
+  Backend* be_ = nullptr;
   void check_float(const std::string& name, const TensorView& v, bool allow_fp8);
   Checkpoint& ck_;
   const ModelConfig& cfg_;
@@ -79,7 +83,10 @@ using ModelFactory = std::function<std::unique_ptr<CausalLM>(const ModelConfig&,
 
 class CausalLM : public BatchModel {
  public:
-  CausalLM(const ModelConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {}
+  CausalLM(const ModelConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {
+    if (!(be.device() == Device::cpu()))
+      arena_.set_allocator([&be](size_t n) { return be.alloc(n); }, [&be](void* p) { be.free(p); }, be.device());
+  }
 
   const ModelConfig& config() const { return cfg_; }
   int vocab_size() const override { return cfg_.vocab_size; }
