@@ -49,10 +49,15 @@ int run_logits(int argc, char** argv) {
   app.add_flag("--incremental", incremental, "feed the first token, then one token at a time through the KV cache");
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   app.add_option("--device", device, "cpu or reference (scalar ops)");
+  int tp = 1;
+  app.add_option("--tensor-parallel", tp, "ranks to shard the model over (one backend and thread each)")
+      ->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
 
   const auto ids = parse_ids(ids_s);
-  auto m = Model::load(model, LoadOptions{threads, device});
+  LoadOptions lo{threads, device};
+  lo.tensor_parallel = tp;
+  auto m = Model::load(model, lo);
   const int64_t T = static_cast<int64_t>(ids.size()), V = m->vocab_size();
   auto seq = m->new_sequence(T);
   std::vector<float> all(static_cast<size_t>(T * V)), lg;

@@ -33,6 +33,7 @@ void on_sigint(int) { g_interrupt = true; }
 struct GenFlags {
   std::string model;
   int threads = 0;
+  int tensor_parallel = 1;
   std::optional<int> max_new_tokens;
   std::optional<float> temperature, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty;
   std::optional<int> top_k;
@@ -54,6 +55,7 @@ struct GenFlags {
     app.add_option("--stop", stop, "stop string (repeatable)");
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
     app.add_option("--threads", threads, "CPU threads (default: all cores)");
+    app.add_option("--tensor-parallel", tensor_parallel, "ranks to shard the model over")->check(CLI::Range(1, 64));
   }
 };
 
@@ -68,7 +70,9 @@ struct Loaded {
 Loaded load_all(const GenFlags& f) {
   const std::filesystem::path dir = f.model.empty() ? default_model_dir() : std::filesystem::path(f.model);
   const ModelConfig cfg = load_config(dir);
-  auto model = Model::load(dir, LoadOptions{f.threads, "cpu", "none"});
+  LoadOptions lo{f.threads, "cpu", "none"};
+  lo.tensor_parallel = f.tensor_parallel;
+  auto model = Model::load(dir, lo);
   tok::Tokenizer tk = tok::Tokenizer::load(dir);
   sampling::GenerationConfig gen = sampling::load_generation_config(dir);
   std::vector<int32_t> eos = gen.eos_token_ids;

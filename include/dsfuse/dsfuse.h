@@ -18,6 +18,7 @@ struct LoadOptions {
   int threads = 0;            // 0: all cores (or $DSFUSE_THREADS)
   std::string device = "cpu";  // "cpu" (a CUDA backend comes later), "reference" (scalar, for tests)
   std::string quant = "none";  // weights in memory: "none" (as stored), "int8", "int8-asym"
+  int tensor_parallel = 1;     // ranks (one backend and one thread each; heads, MLPs, experts, vocab split)
 };
 
 struct ModelInfo {

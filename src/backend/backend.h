@@ -121,7 +121,8 @@ class Backend {
   // Expert choice from router logits: ids/weights [T, top_k]  // logits [T, E] f32, bias [E] or empty
   virtual void moe_route(TensorView ids, TensorView weights, const TensorView& logits, const TensorView& bias,
                          const RouterParams& p) = 0;
-  // out = sum_k weights[t,k] * expert[ids[t,k]](x[t])  // out, x [T, H]; tokens are gathered per expert
+  // out = sum_k weights[t,k] * expert[ids[t,k]](x[t])  // out, x [T, H]; tokens are gathered per expert.
+  // Experts with empty weights are skipped (owned by another expert-parallel rank).
   virtual void moe_experts(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
                            const std::vector<ExpertWeights>& experts) = 0;
 };

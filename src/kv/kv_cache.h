@@ -13,7 +13,7 @@ namespace dsfuse {
 class KVCache {
  public:
   KVCache(Backend& be, int layers, int64_t max_tokens, int64_t k_width, int64_t v_width);
-  ~KVCache();
+  virtual ~KVCache();
   KVCache(const KVCache&) = delete;
   KVCache& operator=(const KVCache&) = delete;
 
@@ -22,7 +22,7 @@ class KVCache {
   int64_t length() const { return length_; }
   void set_length(int64_t n) { length_ = n; }
   int64_t max_tokens() const { return max_tokens_; }
-  size_t bytes_per_token() const;  // all layers
+  virtual size_t bytes_per_token() const;  // all layers (all ranks for a tensor-parallel cache)
 
  private:
   Backend& be_;

@@ -81,6 +81,7 @@ class Checkpoint {
   std::string file_of(const std::string& name) const;
 
   void mark_ignored(const std::string& name);  // e.g. MTP layers: present, deliberately not loaded
+  void mark_used(const std::string& name) { if (has(name)) used_.insert(name); }  // loaded by another rank
   std::vector<std::string> names() const;
   std::vector<std::string> unused() const;  // neither used nor ignored
   const std::vector<std::string>& ignored() const { return ignored_; }

@@ -21,11 +21,17 @@ namespace {
 
 class DeepseekModel final : public CausalLM {
  public:
-  DeepseekModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : CausalLM(cfg, be) {
+  // Tensor parallelism: q_a/kv_a (the latent) are replicated and every rank caches the whole latent;
+  // q_b and kv_b are split by heads, o_proj is row-parallel; dense and shared-expert MLPs are
+  // column/row-parallel; routed experts are split across ranks (expert parallel: each rank runs its own
+  // experts on every token); one all-reduce after attention and one after the feed-forward.
+  DeepseekModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : CausalLM(cfg, be, wl.tp()) {
     load_common(wl);
     const auto& m = *cfg_.mla;
     const int64_t Hd = cfg_.hidden_size, NH = cfg_.num_attention_heads;
     const int64_t Dq = m.qk_nope_head_dim + m.qk_rope_head_dim;
+    tp_.share(NH, "num_attention_heads");
+    n_heads_ = NH / tp_.size;
     for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       Layer L;
@@ -34,38 +40,44 @@ class DeepseekModel final : public CausalLM {
       if (m.q_lora_rank > 0) {
         L.q_a = wl.linear(p + "self_attn.q_a_proj", m.q_lora_rank, Hd);
         L.q_a_norm = wl.vector(p + "self_attn.q_a_layernorm.weight", m.q_lora_rank);
-        L.q_b = wl.linear(p + "self_attn.q_b_proj", NH * Dq, m.q_lora_rank);
+        L.q_b = wl.linear(p + "self_attn.q_b_proj", NH * Dq, m.q_lora_rank, false, Split::Column);
       } else {
-        L.q_b = wl.linear(p + "self_attn.q_proj", NH * Dq, Hd);
+        L.q_b = wl.linear(p + "self_attn.q_proj", NH * Dq, Hd, false, Split::Column);
       }
       L.kv_a = wl.linear(p + "self_attn.kv_a_proj_with_mqa", m.kv_lora_rank + m.qk_rope_head_dim, Hd);
       L.kv_a_norm = wl.vector(p + "self_attn.kv_a_layernorm.weight", m.kv_lora_rank);
-      L.kv_b = wl.linear(p + "self_attn.kv_b_proj", NH * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank);
-      L.o = wl.linear(p + "self_attn.o_proj", Hd, NH * m.v_head_dim);
+      L.kv_b = wl.linear(p + "self_attn.kv_b_proj", NH * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank, false,
+                         Split::Column);
+      L.o = wl.linear(p + "self_attn.o_proj", Hd, NH * m.v_head_dim, false, Split::Row);
       if (cfg_.is_moe_layer(l)) {
         const auto& e = *cfg_.moe;
         L.moe = true;
         L.router = wl.linear_exact(p + "mlp.gate", e.n_routed_experts, Hd);
         if (e.topk_method == TopkMethod::NoauxTc)
           L.router_bias = wl.vector(p + "mlp.gate.e_score_correction_bias", e.n_routed_experts);
+        const auto [e0, e1] = tp_.share(e.n_routed_experts, "n_routed_experts");
         for (int x = 0; x < e.n_routed_experts; ++x) {
           const std::string q = p + "mlp.experts." + std::to_string(x) + ".";
-          ExpertWeights w;
-          w.gate = wl.linear(q + "gate_proj", e.moe_intermediate_size, Hd);
-          w.up = wl.linear(q + "up_proj", e.moe_intermediate_size, Hd);
-          w.down = wl.linear(q + "down_proj", Hd, e.moe_intermediate_size);
+          ExpertWeights w;  // experts of other ranks stay empty here
+          if (x >= e0 && x < e1) {
+            w.gate = wl.linear(q + "gate_proj", e.moe_intermediate_size, Hd);
+            w.up = wl.linear(q + "up_proj", e.moe_intermediate_size, Hd);
+            w.down = wl.linear(q + "down_proj", Hd, e.moe_intermediate_size);
+          } else {
+            for (const char* t : {"gate_proj", "up_proj", "down_proj"}) wl.skip_linear(q + t);
+          }
           L.experts.push_back(w);
         }
         if (e.n_shared_experts > 0) {
           const int64_t Is = static_cast<int64_t>(e.moe_intermediate_size) * e.n_shared_experts;
-          L.shared.gate = wl.linear(p + "mlp.shared_experts.gate_proj", Is, Hd);
-          L.shared.up = wl.linear(p + "mlp.shared_experts.up_proj", Is, Hd);
-          L.shared.down = wl.linear(p + "mlp.shared_experts.down_proj", Hd, Is);
+          L.shared.gate = wl.linear(p + "mlp.shared_experts.gate_proj", Is, Hd, false, Split::Column);
+          L.shared.up = wl.linear(p + "mlp.shared_experts.up_proj", Is, Hd, false, Split::Column);
+          L.shared.down = wl.linear(p + "mlp.shared_experts.down_proj", Hd, Is, false, Split::Row);
         }
       } else {
-        L.mlp.gate = wl.linear(p + "mlp.gate_proj", cfg_.intermediate_size, Hd);
-        L.mlp.up = wl.linear(p + "mlp.up_proj", cfg_.intermediate_size, Hd);
-        L.mlp.down = wl.linear(p + "mlp.down_proj", Hd, cfg_.intermediate_size);
+        L.mlp.gate = wl.linear(p + "mlp.gate_proj", cfg_.intermediate_size, Hd, false, Split::Column);
+        L.mlp.up = wl.linear(p + "mlp.up_proj", cfg_.intermediate_size, Hd, false, Split::Column);
+        L.mlp.down = wl.linear(p + "mlp.down_proj", Hd, cfg_.intermediate_size, false, Split::Row);
       }
       layers_.push_back(std::move(L));
     }
@@ -121,7 +133,7 @@ class DeepseekModel final : public CausalLM {
   void layers(TensorView x, const Batch& b, KVCache& kv) override {
     const int32_t* pos = b.positions;
     const auto& m = *cfg_.mla;
-    const int64_t T = x.shape[0], Hd = cfg_.hidden_size, NH = cfg_.num_attention_heads;
+    const int64_t T = x.shape[0], Hd = cfg_.hidden_size, NH = n_heads_;
     const int64_t Dn = m.qk_nope_head_dim, R = m.qk_rope_head_dim, Dv = m.v_head_dim, C = m.kv_lora_rank;
     const float eps = static_cast<float>(cfg_.rms_norm_eps);
     const size_t mark = arena_.used();
@@ -176,6 +188,7 @@ class DeepseekModel final : public CausalLM {
       }
       TensorView o = arena_.alloc(DType::F32, {T, Hd});
       be_.linear(o, attn.reshape({T, NH * Dv}), L.o);
+      all_reduce(o);
       be_.add(x, o);
 
       // Feed-forward
@@ -196,6 +209,7 @@ class DeepseekModel final : public CausalLM {
       } else {
         mlp(o, h, L.mlp);
       }
+      all_reduce(o);
       be_.add(x, o);
       arena_.reset_to(mark);
     }
@@ -213,6 +227,7 @@ class DeepseekModel final : public CausalLM {
   };
   std::vector<Layer> layers_;
   RopeTable rope_;
+  int64_t n_heads_ = 0;  // attention heads on this rank
   float scale_ = 1.0f;
   RouterParams router_;
 };

@@ -4,23 +4,31 @@
 
 namespace dsfuse {
 
-LlamaModel::LlamaModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : CausalLM(cfg, be) {
+// Tensor parallelism: q/k/v and gate/up are column-parallel (heads and intermediate units split across
+// ranks), o and down row-parallel (partial sums all-reduced); each rank caches its own KV heads.
+LlamaModel::LlamaModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : CausalLM(cfg, be, wl.tp()) {
   load_common(wl);
   const int64_t H = cfg_.hidden_size, D = cfg_.head_dim, I = cfg_.intermediate_size;
-  q_dim_ = cfg_.num_attention_heads * D;
-  kv_dim_ = cfg_.num_key_value_heads * D;
+  const int n = tp_.size;
+  tp_.share(cfg_.num_attention_heads, "num_attention_heads");
+  tp_.share(cfg_.num_key_value_heads, "num_key_value_heads");
+  n_heads_ = cfg_.num_attention_heads / n;
+  n_kv_heads_ = cfg_.num_key_value_heads / n;
+  const int64_t q_full = cfg_.num_attention_heads * D, kv_full = cfg_.num_key_value_heads * D;
+  q_dim_ = n_heads_ * D;
+  kv_dim_ = n_kv_heads_ * D;
   for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Layer L;
     L.attn_norm = wl.vector(p + "input_layernorm.weight", H);
     L.mlp_norm = wl.vector(p + "post_attention_layernorm.weight", H);
-    L.q = wl.linear(p + "self_attn.q_proj", q_dim_, H, cfg_.qkv_bias);
-    L.k = wl.linear(p + "self_attn.k_proj", kv_dim_, H, cfg_.qkv_bias);
-    L.v = wl.linear(p + "self_attn.v_proj", kv_dim_, H, cfg_.qkv_bias);
-    L.o = wl.linear(p + "self_attn.o_proj", H, q_dim_, cfg_.attention_bias);
-    L.mlp.gate = wl.linear(p + "mlp.gate_proj", I, H, cfg_.mlp_bias);
-    L.mlp.up = wl.linear(p + "mlp.up_proj", I, H, cfg_.mlp_bias);
-    L.mlp.down = wl.linear(p + "mlp.down_proj", H, I, cfg_.mlp_bias);
+    L.q = wl.linear(p + "self_attn.q_proj", q_full, H, cfg_.qkv_bias, Split::Column);
+    L.k = wl.linear(p + "self_attn.k_proj", kv_full, H, cfg_.qkv_bias, Split::Column);
+    L.v = wl.linear(p + "self_attn.v_proj", kv_full, H, cfg_.qkv_bias, Split::Column);
+    L.o = wl.linear(p + "self_attn.o_proj", H, q_full, cfg_.attention_bias, Split::Row);
+    L.mlp.gate = wl.linear(p + "mlp.gate_proj", I, H, cfg_.mlp_bias, Split::Column);
+    L.mlp.up = wl.linear(p + "mlp.up_proj", I, H, cfg_.mlp_bias, Split::Column);
+    L.mlp.down = wl.linear(p + "mlp.down_proj", H, I, cfg_.mlp_bias, Split::Row);
     layers_.push_back(std::move(L));
   }
   rope_ = make_rope_table(cfg_.rope, static_cast<int>(D));
@@ -31,7 +39,7 @@ std::unique_ptr<KVCache> LlamaModel::new_cache(int64_t max_tokens) const {
 }
 
 std::string LlamaModel::kv_layout() const {
-  return cat("K and V: ", cfg_.num_key_value_heads, " kv heads x ", cfg_.head_dim, " per layer, f32");
+  return cat("K and V: ", n_kv_heads_, " kv heads x ", cfg_.head_dim, " per layer", tp_.size > 1 ? " per rank" : "", ", f32");
 }
 
 size_t LlamaModel::layer_workspace_floats(int64_t T, int64_t S) const {
@@ -41,7 +49,7 @@ size_t LlamaModel::layer_workspace_floats(int64_t T, int64_t S) const {
 
 void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
   const int64_t T = x.shape[0], H = cfg_.hidden_size, D = cfg_.head_dim;
-  const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads;
+  const int64_t Hq = n_heads_, Hkv = n_kv_heads_;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const size_t mark = arena_.used();
@@ -68,9 +76,11 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
     }
     TensorView o = arena_.alloc(DType::F32, {T, H});
     be_.linear(o, attn.reshape({T, Hq * D}), L.o);
+    all_reduce(o);
     be_.add(x, o);
     be_.rms_norm(h, x, L.mlp_norm, eps);
     mlp(o, h, L.mlp);
+    all_reduce(o);
     be_.add(x, o);
     arena_.reset_to(mark);  // release this layer's activations (the arena is a stack)
   }

@@ -23,6 +23,7 @@ class LlamaModel : public CausalLM {
   };
   std::vector<Layer> layers_;
   RopeTable rope_;
+  int64_t n_heads_, n_kv_heads_;  // on this rank
   int64_t q_dim_, kv_dim_;
 };
 

@@ -6,6 +6,7 @@
 
 #include "core/log.h"
 #include "ops/reference.h"
+#include "parallel/tp_group.h"
 
 namespace dsfuse {
 
@@ -18,17 +19,65 @@ void WeightLoader::check_float(const std::string& name, const TensorView& v, boo
                ", expected F32, BF16 or F16", allow_fp8 ? " (or F8_E4M3 with weight_scale_inv)" : "");
 }
 
-Linear WeightLoader::linear(const std::string& name, int64_t N, int64_t K, bool bias) {
-  Linear l = load_linear(name, N, K, bias);
+std::pair<int64_t, int64_t> TPInfo::share(int64_t n, const std::string& what) const {
+  DSFUSE_CHECK(n % size == 0, what, " (", n, ") is not divisible by the tensor-parallel size ", size);
+  return {rank * (n / size), (rank + 1) * (n / size)};
+}
+
+Linear WeightLoader::shard(const Linear& l, const std::string& name, Split split) {
+  if (split == Split::None || tp_.size == 1) return l;
+  const int64_t N = l.out_features(), K = l.in_features();
+  const auto [n0, n1] = split == Split::Column ? tp_.share(N, "rows of " + name) : std::pair<int64_t, int64_t>{0, N};
+  const auto [k0, k1] = split == Split::Row ? tp_.share(K, "columns of " + name) : std::pair<int64_t, int64_t>{0, K};
+  Linear out;
+  const bool fp8 = l.w.dtype == DType::F8E4M3;
+  const bool blocks_aligned = !fp8 || (n0 % l.block_rows == 0 && k0 % l.block_cols == 0 && k1 - k0 == K);
+  if (k0 == 0 && k1 == K && blocks_aligned) {
+    // Output rows: a zero-copy view of the mapped bytes (FP8: whole scale-block rows).
+    out = l;
+    out.w = l.w.rows(n0, n1);
+    if (fp8) out.scale = l.scale.rows(n0 / l.block_rows, (n1 + l.block_rows - 1) / l.block_rows);
+  } else {
+    // Input columns (or FP8 blocks cut by the split): a contiguous copy; FP8 becomes its bf16 dequantized
+    // form (the same values the per-block dequantization produces).
+    const DType dt = fp8 ? DType::BF16 : l.w.dtype;
+    const size_t es = dtype_size(dt);
+    auto buf = std::make_unique<Buffer>(static_cast<size_t>((n1 - n0) * (k1 - k0)) * es);
+    char* dst = static_cast<char*>(buf->data());
+    std::vector<float> row;
+    for (int64_t n = n0; n < n1; ++n) {
+      char* d = dst + (n - n0) * (k1 - k0) * static_cast<int64_t>(es);
+      if (fp8) {
+        row.resize(static_cast<size_t>(K));
+        dequantize_rows(l, n, n + 1, row.data());
+        for (int64_t k = k0; k < k1; ++k) reinterpret_cast<uint16_t*>(d)[k - k0] = f32_to_bf16(row[k]);
+      } else {
+        std::memcpy(d, static_cast<const char*>(l.w.data) + (n * l.w.stride[0] + k0) * static_cast<int64_t>(es),
+                    static_cast<size_t>(k1 - k0) * es);
+      }
+    }
+    out.w = TensorView(buf->data(), dt, {n1 - n0, k1 - k0});
+    out.bias = l.bias;
+    store_.push_back(std::move(buf));
+  }
+  if (!l.bias.empty()) {
+    if (split == Split::Column) out.bias = l.bias.rows(n0, n1);
+    else out.bias = tp_.rank == 0 ? l.bias : TensorView();
+  }
+  return out;
+}
+
+Linear WeightLoader::linear(const std::string& name, int64_t N, int64_t K, bool bias, Split split) {
+  Linear l = shard(load_linear(name, N, K, bias), name, split);
   if (quant_ != QuantType::None) {
     l = quantize_linear(l, quant_, store_);
-    if (ck_.is_synthetic()) ck_.release(name + ".weight");
+    if (ck_.is_synthetic() && tp_.size == 1) ck_.release(name + ".weight");
   }
   return be_ ? be_->prepare(l) : l;
 }
 
-Linear WeightLoader::linear_exact(const std::string& name, int64_t N, int64_t K, bool bias) {
-  Linear l = load_linear(name, N, K, bias);
+Linear WeightLoader::linear_exact(const std::string& name, int64_t N, int64_t K, bool bias, Split split) {
+  Linear l = shard(load_linear(name, N, K, bias), name, split);
   return be_ ? be_->prepare(l) : l;
 }
 
@@ -60,6 +109,10 @@ Linear WeightLoader::load_linear(const std::string& name, int64_t N, int64_t K, 
   return l;
 }
 
+void WeightLoader::skip_linear(const std::string& name) {
+  for (const char* suffix : {".weight", ".weight_scale_inv", ".bias"}) ck_.mark_used(name + suffix);
+}
+
 TensorView WeightLoader::vector(const std::string& name, int64_t n) {
   TensorView v = ck_.get(name, {n});
   check_float(name, v, false);
@@ -77,10 +130,12 @@ TensorView WeightLoader::matrix(const std::string& name, int64_t r, int64_t c) {
 void CausalLM::load_common(WeightLoader& wl) {
   embed_ = wl.matrix("model.embed_tokens.weight", cfg_.vocab_size, cfg_.hidden_size);
   final_norm_ = wl.vector("model.norm.weight", cfg_.hidden_size);
+  // The head is vocab-parallel: each rank computes logits for its slice of the vocabulary.
   if (cfg_.tie_word_embeddings && !wl.has("lm_head.weight")) {
-    lm_head_.w = embed_;
+    const auto [v0, v1] = tp_.size > 1 ? tp_.share(cfg_.vocab_size, "vocab_size") : std::pair<int64_t, int64_t>{0, cfg_.vocab_size};
+    lm_head_.w = embed_.rows(v0, v1);
   } else {
-    lm_head_ = wl.linear_exact("lm_head", cfg_.vocab_size, cfg_.hidden_size);
+    lm_head_ = wl.linear_exact("lm_head", cfg_.vocab_size, cfg_.hidden_size, false, Split::Column);
   }
 }
 
@@ -94,24 +149,24 @@ void CausalLM::mlp(TensorView out, const TensorView& x, const MlpWeights& w) {
   be_.linear(out, g, w.down);
 }
 
-void CausalLM::forward(const int32_t* ids, int64_t T, KVCache& cache, float* logits, bool all_logits) {
+void forward_sequence(BatchModel& m, const int32_t* ids, int64_t T, KVCache& cache, float* logits, bool all_logits) {
   DSFUSE_CHECK(T > 0, "forward needs at least one token");
   const int64_t past = cache.length();
   DSFUSE_CHECK(past + T <= cache.max_tokens(), "sequence of ", past + T, " tokens exceeds the KV cache capacity of ",
                cache.max_tokens());
   for (int64_t t = 0; t < T; ++t)
-    DSFUSE_CHECK(ids[t] >= 0 && ids[t] < cfg_.vocab_size, "token id ", ids[t], " at position ", past + t,
-                 " is out of range [0, ", cfg_.vocab_size, ")");
-  positions_.resize(T);
-  for (int64_t t = 0; t < T; ++t) positions_[t] = static_cast<int32_t>(past + t);
+    DSFUSE_CHECK(ids[t] >= 0 && ids[t] < m.vocab_size(), "token id ", ids[t], " at position ", past + t,
+                 " is out of range [0, ", m.vocab_size(), ")");
+  std::vector<int32_t> positions(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) positions[t] = static_cast<int32_t>(past + t);
   Batch b;
   b.ids = ids;
-  b.positions = positions_.data();
+  b.positions = positions.data();
   b.T = T;
   b.segs.push_back(SeqSegment{0, T, past, PagedRows{}});
-  all_rows_.clear();
-  for (int64_t t = all_logits ? 0 : T - 1; t < T; ++t) all_rows_.push_back(t);
-  forward_batch(b, cache, all_rows_, logits);
+  std::vector<int64_t> rows;
+  for (int64_t t = all_logits ? 0 : T - 1; t < T; ++t) rows.push_back(t);
+  m.forward_batch(b, cache, rows, logits);
   cache.set_length(past + T);
 }
 
@@ -120,7 +175,7 @@ void CausalLM::forward_batch(const Batch& b, KVCache& pool, const std::vector<in
   const int64_t L = static_cast<int64_t>(logit_rows.size());
   int64_t S = 0;
   for (const auto& s : b.segs) S = std::max(S, s.past + s.n);
-  arena_.reserve((static_cast<size_t>(T * H + L * (H + V)) + layer_workspace_floats(T, S)) * sizeof(float) + 64 * 64);
+  arena_.reserve((static_cast<size_t>(T * H + L * (H + 2 * V)) + layer_workspace_floats(T, S)) * sizeof(float) + 64 * 64);
   arena_.reset();
   TensorView x = arena_.alloc(DType::F32, {T, H});
   be_.embedding(x, embed_, b.ids, T);
@@ -131,8 +186,14 @@ void CausalLM::forward_batch(const Batch& b, KVCache& pool, const std::vector<in
   for (int64_t i = 0; i < L; ++i) be_.copy_rows(xl, i, x.rows(logit_rows[i], logit_rows[i] + 1));
   be_.rms_norm(xl, xl, final_norm_, static_cast<float>(cfg_.rms_norm_eps));
   TensorView out = arena_.alloc(DType::F32, {L, V});
-  be_.linear(out, xl, lm_head_);
-  be_.copy_to_host(logits, out.data, out.nbytes());
+  if (tp_.comm) {  // [L, V / size] per rank -> [L, V]
+    TensorView part = arena_.alloc(DType::F32, {L, lm_head_.out_features()});
+    be_.linear(part, xl, lm_head_);
+    tp_.comm->all_gather_cols(out, part);
+  } else {
+    be_.linear(out, xl, lm_head_);
+  }
+  if (logits) be_.copy_to_host(logits, out.data, out.nbytes());
 }
 
 // ---------------------------------------------------------------- registry
@@ -176,16 +237,30 @@ const char* family_name(Family f) {
 class ModelImpl final : public Model {
  public:
   ModelImpl(ModelConfig cfg, std::unique_ptr<Checkpoint> ck, const LoadOptions& opts)
-      : cfg_(std::move(cfg)), ck_(std::move(ck)), wl_(*ck_, cfg_, parse_quant_type(opts.quant)) {
-    if (opts.device == "cpu") be_ = make_cpu_backend(opts.threads);
-    else if (opts.device == "reference") be_ = make_reference_backend();
-    else fail(cat("device '", opts.device, "' is not available (this build supports: cpu, reference)"));
-    wl_.set_backend(be_.get());
+      : cfg_(std::move(cfg)), ck_(std::move(ck)) {
+    const int n = std::max(1, opts.tensor_parallel);
     auto it = model_registry().find(cfg_.architecture);
     DSFUSE_CHECK(it != model_registry().end(), "no implementation registered for ", cfg_.architecture);
-    for (const auto& n : ck_->names())
-      if (n.size() > 20 && n.compare(n.size() - 20, 20, ".rotary_emb.inv_freq") == 0) ck_->mark_ignored(n);
-    lm_ = it->second(cfg_, wl_, *be_);
+    for (const auto& name : ck_->names())
+      if (name.size() > 20 && name.compare(name.size() - 20, 20, ".rotary_emb.inv_freq") == 0) ck_->mark_ignored(name);
+    if (n > 1) comms_ = make_inprocess_group(n);
+    const int threads = opts.threads > 0 ? std::max(1, opts.threads / n) : 0;
+    for (int r = 0; r < n; ++r) {
+      Rank rank;
+      if (opts.device == "cpu") rank.be = make_cpu_backend(n > 1 && threads == 0 ? 1 : threads);
+      else if (opts.device == "reference") rank.be = make_reference_backend();
+      else fail(cat("device '", opts.device, "' is not available (this build supports: cpu, reference)"));
+      rank.wl = std::make_unique<WeightLoader>(*ck_, cfg_, parse_quant_type(opts.quant));
+      rank.wl->set_backend(rank.be.get());
+      if (n > 1) rank.wl->set_tp(TPInfo{r, n, comms_[static_cast<size_t>(r)].get()});
+      rank.lm = it->second(cfg_, *rank.wl, *rank.be);
+      ranks_.push_back(std::move(rank));
+    }
+    if (n > 1) {
+      std::vector<CausalLM*> lms;
+      for (auto& r : ranks_) lms.push_back(r.lm.get());
+      group_ = std::make_unique<TPGroup>(lms, *ranks_[0].be);
+    }
     const auto extra = ck_->unused();
     if (!extra.empty()) {
       std::string list;
@@ -194,7 +269,7 @@ class ModelImpl final : public Model {
       fail(cat("unexpected tensor", extra.size() > 1 ? "s " : " ", list, " in ", ck_->file_of(extra[0]),
                ": not part of ", cfg_.architecture, " with this config.json"));
     }
-    log::info(cat("loaded ", cfg_.architecture, " from ", ck_->root().string()));
+    log::info(cat("loaded ", cfg_.architecture, " from ", ck_->root().string(), n > 1 ? cat(", tensor-parallel ", n) : ""));
   }
 
   ModelInfo info() const override {
@@ -214,9 +289,9 @@ class ModelImpl final : public Model {
       by[dtype_name(t.dtype)] += numel;
     }
     m.dtypes.assign(by.begin(), by.end());
-    auto probe = lm_->new_cache(1);
+    auto probe = model().new_cache(1);
     m.kv_bytes_per_token = static_cast<int64_t>(probe->bytes_per_token());
-    m.kv_layout = lm_->kv_layout();
+    m.kv_layout = ranks_[0].lm->kv_layout();
     m.ignored_tensors = ck_->ignored();
     m.vocab_size = cfg_.vocab_size;
     m.num_layers = cfg_.num_hidden_layers;
@@ -229,24 +304,29 @@ class ModelImpl final : public Model {
   int max_context() const override { return cfg_.max_position_embeddings; }
 
   std::unique_ptr<Sequence> new_sequence(int64_t max_tokens) override {
-    return std::make_unique<SequenceImpl>(lm_->new_cache(max_tokens));
+    return std::make_unique<SequenceImpl>(model().new_cache(max_tokens));
   }
 
-  CausalLM& lm() { return *lm_; }
+  BatchModel& model() const { return group_ ? static_cast<BatchModel&>(*group_) : *ranks_[0].lm; }
 
   void forward(Sequence& seq, std::span<const int32_t> ids, std::vector<float>& logits, bool all_logits) override {
     auto* s = dynamic_cast<SequenceImpl*>(&seq);
     DSFUSE_CHECK(s, "sequence was not created by this model");
     logits.resize(static_cast<size_t>((all_logits ? ids.size() : 1) * cfg_.vocab_size));
-    lm_->forward(ids.data(), static_cast<int64_t>(ids.size()), *s->cache, logits.data(), all_logits);
+    forward_sequence(model(), ids.data(), static_cast<int64_t>(ids.size()), *s->cache, logits.data(), all_logits);
   }
 
  private:
+  struct Rank {
+    std::unique_ptr<Backend> be;
+    std::unique_ptr<WeightLoader> wl;
+    std::unique_ptr<CausalLM> lm;
+  };
   ModelConfig cfg_;
   std::unique_ptr<Checkpoint> ck_;
-  WeightLoader wl_;
-  std::unique_ptr<Backend> be_;
-  std::unique_ptr<CausalLM> lm_;
+  std::vector<std::unique_ptr<Communicator>> comms_;
+  std::vector<Rank> ranks_;  // members of a rank are destroyed lm -> wl -> be
+  std::unique_ptr<TPGroup> group_;
 };
 
 }  // namespace
@@ -254,7 +334,7 @@ class ModelImpl final : public Model {
 BatchModel& batch_model(Model& m) {
   auto* impl = dynamic_cast<ModelImpl*>(&m);
   DSFUSE_CHECK(impl, "model was not created by Model::load");
-  return impl->lm();
+  return impl->model();
 }
 
 std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadOptions& opts) {

@@ -13,11 +13,23 @@
 #include "kv/kv_cache.h"
 #include "loader/config.h"
 #include "loader/safetensors.h"
+#include "parallel/communicator.h"
 #include "quant/quantize.h"
 
 namespace dsfuse {
 
 // Weight-loading helpers over a Checkpoint, with shape/dtype checks that name tensor and file.
+// Tensor-parallel placement of a matrix y = x W^T: Column splits W's output rows (each rank computes a
+// slice of y), Row splits its input columns (each rank computes a partial sum of y, then all-reduce).
+enum class Split { None, Column, Row };
+
+struct TPInfo {
+  int rank = 0, size = 1;
+  Communicator* comm = nullptr;  // null when size == 1
+  // [begin, end) of this rank's share of n items; n must divide evenly (`what` names them in the error).
+  std::pair<int64_t, int64_t> share(int64_t n, const std::string& what) const;
+};
+
 // With a QuantType, every matrix but embeddings/lm_head/router is quantized as it is loaded (the quantized
 // bytes are owned here, so the loader lives as long as the model).
 class WeightLoader {
@@ -25,18 +37,26 @@ class WeightLoader {
   WeightLoader(Checkpoint& ck, const ModelConfig& cfg, QuantType quant = QuantType::None)
       : ck_(ck), cfg_(cfg), quant_(quant) {}
   // `name` without ".weight"; N x K expected; loads FP8 scale blocks when the weight is float8.
-  Linear linear(const std::string& name, int64_t N, int64_t K, bool bias = false);
+  // N x K are the full (unsharded) dims; `split` returns this rank's shard (a row split keeps the bias on
+  // rank 0 only, since partial sums are added up).
+  Linear linear(const std::string& name, int64_t N, int64_t K, bool bias = false, Split split = Split::None);
   // Like linear() but never quantized (router gates, lm_head: small or accuracy-critical).
-  Linear linear_exact(const std::string& name, int64_t N, int64_t K, bool bias = false);
+  Linear linear_exact(const std::string& name, int64_t N, int64_t K, bool bias = false, Split split = Split::None);
   TensorView vector(const std::string& name, int64_t n);   // norms, biases: float types only
+  // Marks a matrix (and its FP8 scales) as handled elsewhere: another rank's expert.
+  void skip_linear(const std::string& name);
   TensorView matrix(const std::string& name, int64_t r, int64_t c);  // embeddings: float types only
   bool has(const std::string& name) const { return ck_.has(name); }
   Checkpoint& checkpoint() { return ck_; }
   // Every weight handed out goes through backend->prepare (device residency).
   void set_backend(Backend* be) { be_ = be; }
+  void set_tp(const TPInfo& tp) { tp_ = tp; }
+  const TPInfo& tp() const { return tp_; }
 
  private:
   Linear load_linear(const std::string& name, int64_t N, int64_t K, bool bias);
+  Linear shard(const Linear& l, const std::string& name, Split split);
+  TPInfo tp_;
   Backend* be_ = nullptr;
   void check_float(const std::string& name, const TensorView& v, bool allow_fp8);
   Checkpoint& ck_;
@@ -78,12 +98,16 @@ class BatchModel {
 // The batched model behind a Model returned by Model::load / load_dummy.
 BatchModel& batch_model(Model& m);
 
+// Runs T tokens of one sequence at positions cache.length().. (checking ids and capacity), appends them
+// and writes logits for all T tokens ([T, V]) or only the last ([1, V]).
+void forward_sequence(BatchModel& m, const int32_t* ids, int64_t T, KVCache& cache, float* logits, bool all_logits);
+
 class CausalLM;
 using ModelFactory = std::function<std::unique_ptr<CausalLM>(const ModelConfig&, WeightLoader&, Backend&)>;
 
 class CausalLM : public BatchModel {
  public:
-  CausalLM(const ModelConfig& cfg, Backend& be) : cfg_(cfg), be_(be) {
+  CausalLM(const ModelConfig& cfg, Backend& be, const TPInfo& tp = {}) : cfg_(cfg), be_(be), tp_(tp) {
     if (!(be.device() == Device::cpu()))
       arena_.set_allocator([&be](size_t n) { return be.alloc(n); }, [&be](void* p) { be.free(p); }, be.device());
   }
@@ -93,11 +117,9 @@ class CausalLM : public BatchModel {
   int max_context() const override { return cfg_.max_position_embeddings; }
   virtual std::string kv_layout() const = 0;
 
-  // Runs T tokens at positions cache.length()..; appends them to the cache; writes logits for all T
-  // tokens ([T, V]) or only the last ([1, V]) into `logits` (host memory).
-  void forward(const int32_t* ids, int64_t T, KVCache& cache, float* logits, bool all_logits);
   // Runs a batch of sequences over a shared (paged) KV pool; writes logits ([rows.size(), V], host
-  // memory) of the batch tokens listed in `logit_rows`. The caller has checked ids and capacity.
+  // memory; null: not copied, as on tensor-parallel ranks > 0) of the batch tokens listed in `logit_rows`.
+  // The caller has checked ids and capacity.
   void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) override;
 
  protected:
@@ -110,13 +132,17 @@ class CausalLM : public BatchModel {
   // Floats of arena workspace the layers need for T new tokens over S cached positions.
   virtual size_t layer_workspace_floats(int64_t T, int64_t S) const = 0;
 
+  // Sums a row-parallel layer's partial outputs across ranks (no-op without tensor parallelism).
+  void all_reduce(TensorView x) {
+    if (tp_.comm) tp_.comm->all_reduce_sum(x);
+  }
+
   const ModelConfig cfg_;
   Backend& be_;
+  TPInfo tp_;
   Arena arena_;  // per-forward activations; sized on first use for the largest T seen
   TensorView embed_, final_norm_;
   Linear lm_head_;
-  std::vector<int32_t> positions_;
-  std::vector<int64_t> all_rows_;
 };
 
 // The one place architectures are registered: config.architectures[0] -> factory.

@@ -176,6 +176,7 @@ class ReferenceBackend final : public Backend {
       for (int64_t d = 0; d < H; ++d) o[d] = 0;
       for (int64_t j = 0; j < K; ++j) {
         const ExpertWeights& e = experts.at(ids.ptr<int32_t>()[t * K + j]);
+        if (e.gate.empty()) continue;  // owned by another tensor-parallel rank
         const int64_t I = e.gate.out_features();
         std::vector<float> g(I), u(I), y(H);
         TensorView xv = x.rows(t, t + 1);

@@ -229,7 +229,7 @@ class CpuBackend final : public Backend {
     for (const auto& e : experts) max_i = std::max(max_i, e.gate.out_features());
     for (int64_t e = 0; e < E; ++e) {
       const int64_t n = count_[e + 1] - count_[e];
-      if (n == 0) continue;
+      if (n == 0 || experts[e].gate.empty()) continue;  // unused, or owned by another rank
       float* buf = moe_buf_.grow(n * (H + 2 * max_i + H));
       TensorView xs(buf, DType::F32, {n, H});
       const int64_t I = experts[e].gate.out_features();
