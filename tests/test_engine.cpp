@@ -131,11 +131,7 @@ TEST_P(EngineModels, BatchedEqualsAloneThroughChunksCacheAndPreemption) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineModels,
                          ::testing::Values("llama-tiny", "qwen2-tiny", "deepseek-v2-lite-tiny", "deepseek-v3-tiny-fp8"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s) if (c == '-') c = '_';
-                           return s;
-                         });
+                         test::param_name);
 
 TEST(Engine, CancelFreesBlocksAndQueueIsBounded) {
   auto model = Model::load(kDefaultModel);

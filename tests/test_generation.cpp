@@ -22,28 +22,16 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<int32_t> ids_of(const SafetensorsFile& f, const std::string& name) {
-  const TensorInfo* t = f.find(name);
-  EXPECT_TRUE(t) << name;
-  std::vector<int32_t> v;
-  if (!t) return v;
-  TensorView tv = f.view(*t);
-  for (int64_t i = 0; i < tv.numel(); ++i) v.push_back(static_cast<int32_t>(tv.ptr<int64_t>()[i]));
-  return v;
-}
-
-std::vector<float> floats_of(const SafetensorsFile& f, const std::string& name) {
-  TensorView tv = f.view(*f.find(name));
-  return std::vector<float>(tv.ptr<float>(), tv.ptr<float>() + tv.numel());
-}
+using test::ref_floats;
+using test::ref_ids;
 
 // Greedy decoding with the KV cache reproduces the reference continuation, up to the first step whose
 // top-1/top-2 margin is below 1e-3 (where float rounding may legitimately pick the other token).
 void check_greedy(Model& model, const fs::path& ref_file, const std::string& label) {
   SafetensorsFile ref(ref_file);
-  const auto prompt = ids_of(ref, "ids_0");
-  const auto want = ids_of(ref, "greedy_0");
-  const auto margin = floats_of(ref, "greedy_margin_0");
+  const auto prompt = ref_ids(ref, "ids_0");
+  const auto want = ref_ids(ref, "greedy_0");
+  const auto margin = ref_floats(ref, "greedy_margin_0");
   EngineRequest req;
   req.prompt_ids = prompt;
   req.sampling.temperature = 0;
@@ -68,14 +56,7 @@ TEST_P(GreedyFixtures, MatchesTransformers) {
   check_greedy(*model, dir / "reference.safetensors", GetParam());
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyFixtures,
-                         ::testing::Values("llama-tiny", "qwen2-tiny", "deepseek-v2-lite-tiny", "deepseek-v2-tiny",
-                                           "deepseek-v3-tiny", "deepseek-v3-tiny-fp8"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s) if (c == '-') c = '_';
-                           return s;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyFixtures, DSFUSE_FIXTURE_MODELS);
 
 const fs::path kDefaultModel = DSFUSE_SOURCE_MODEL_DIR;
 const fs::path kDefaultRef = fs::path(DSFUSE_TEST_DATA) / "default_model_reference.safetensors";
@@ -84,15 +65,13 @@ TEST(DefaultModel, LogitsAndGreedyMatchTransformers) {
   auto model = Model::load(kDefaultModel);
   SafetensorsFile ref(kDefaultRef);
   for (const char* k : {"0", "1"}) {
-    const auto ids = ids_of(ref, std::string("ids_") + k);
-    const auto want = floats_of(ref, std::string("logits_") + k);
+    const auto ids = ref_ids(ref, std::string("ids_") + k);
+    const auto want = ref_floats(ref, std::string("logits_") + k);
     auto seq = model->new_sequence(static_cast<int64_t>(ids.size()));
     std::vector<float> out;
     model->forward(*seq, ids, out, true);
-    double num = 0, den = 0;
-    for (size_t i = 0; i < out.size(); ++i) num += std::pow(double(out[i]) - want[i], 2), den += double(want[i]) * want[i];
-    std::printf("[parity] default model logits_%s rel err %.3e\n", k, std::sqrt(num / den));
-    EXPECT_LE(std::sqrt(num / den), 1e-4);
+    std::printf("[parity] default model logits_%s rel err %.3e\n", k, test::rel_err(out, want));
+    EXPECT_LE(test::rel_err(out, want), 1e-4);
   }
   check_greedy(*model, kDefaultRef, "default-model");
 }

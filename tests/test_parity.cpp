@@ -19,25 +19,10 @@ struct Ref {
 };
 
 Ref load_ref(const SafetensorsFile& f, const std::string& ids_name, const std::string& logits_name) {
-  Ref r;
-  const TensorInfo* ti = f.find(ids_name);
-  const TensorInfo* tl = f.find(logits_name);
-  EXPECT_TRUE(ti && tl) << ids_name << "/" << logits_name << " missing in " << f.path();
-  if (!ti || !tl) return r;
-  TensorView iv = f.view(*ti), lv = f.view(*tl);
-  for (int64_t i = 0; i < iv.numel(); ++i) r.ids.push_back(static_cast<int32_t>(iv.ptr<int64_t>()[i]));
-  r.logits.assign(lv.ptr<float>(), lv.ptr<float>() + lv.numel());
-  return r;
+  return Ref{test::ref_ids(f, ids_name), test::ref_floats(f, logits_name)};
 }
 
-double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
-    den += static_cast<double>(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
+using test::rel_err;
 
 class Parity : public ::testing::TestWithParam<std::string> {};
 
@@ -72,14 +57,7 @@ TEST_P(Parity, FullAndIncremental) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
-                         ::testing::Values("llama-tiny", "qwen2-tiny", "deepseek-v2-lite-tiny", "deepseek-v2-tiny",
-                                           "deepseek-v3-tiny", "deepseek-v3-tiny-fp8"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s) if (c == '-') c = '_';
-                           return s;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, Parity, DSFUSE_FIXTURE_MODELS);
 
 }  // namespace
 
@@ -109,14 +87,7 @@ TEST_P(QuantParity, Int8WithinTolerance) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, QuantParity,
-                         ::testing::Values("llama-tiny", "qwen2-tiny", "deepseek-v2-lite-tiny", "deepseek-v2-tiny",
-                                           "deepseek-v3-tiny", "deepseek-v3-tiny-fp8"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s) if (c == '-') c = '_';
-                           return s;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, QuantParity, DSFUSE_FIXTURE_MODELS);
 
 }  // namespace
 

@@ -14,22 +14,15 @@ using namespace dsfuse;
 
 namespace {
 
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) num += std::pow(double(a[i]) - b[i], 2), den += double(b[i]) * b[i];
-  return std::sqrt(num / den);
-}
+using test::rel_err;
 
 class TensorParallel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TensorParallel, TwoRanksMatchOne) {
   DSFUSE_REQUIRE_FIXTURE(dir, "models/" + GetParam());
   SafetensorsFile ref(dir / "reference.safetensors");
-  TensorView iv = ref.view(*ref.find("ids_2"));
-  std::vector<int32_t> ids;
-  for (int64_t i = 0; i < iv.numel(); ++i) ids.push_back(static_cast<int32_t>(iv.ptr<int64_t>()[i]));
-  TensorView lv = ref.view(*ref.find("logits_2"));
-  std::vector<float> want(lv.ptr<float>(), lv.ptr<float>() + lv.numel());
+  const auto ids = test::ref_ids(ref, "ids_2");
+  const auto want = test::ref_floats(ref, "logits_2");
   LoadOptions o;
   o.tensor_parallel = 2;
   auto tp = Model::load(dir, o);
@@ -43,10 +36,10 @@ TEST_P(TensorParallel, TwoRanksMatchOne) {
     inc.insert(inc.end(), step.begin(), step.end());
   }
   const double tol = GetParam().find("fp8") != std::string::npos ? 5e-3 : 1e-4;
-  std::printf("[tp] %-22s 2 ranks vs Transformers: full %.3e incremental %.3e\n", GetParam().c_str(), rel(full, want),
-              rel(inc, want));
-  EXPECT_LE(rel(full, want), tol);
-  EXPECT_LE(rel(inc, want), tol);
+  std::printf("[tp] %-22s 2 ranks vs Transformers: full %.3e incremental %.3e\n", GetParam().c_str(), rel_err(full, want),
+              rel_err(inc, want));
+  EXPECT_LE(rel_err(full, want), tol);
+  EXPECT_LE(rel_err(inc, want), tol);
   // The serving engine drives the group like any model (batched, paged).
   Engine e(*tp, nullptr);
   EngineRequest r;
@@ -59,14 +52,7 @@ TEST_P(TensorParallel, TwoRanksMatchOne) {
   EXPECT_EQ(e.generate(r).ids, e1.generate(r).ids);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, TensorParallel,
-                         ::testing::Values("llama-tiny", "qwen2-tiny", "deepseek-v2-lite-tiny", "deepseek-v2-tiny",
-                                           "deepseek-v3-tiny", "deepseek-v3-tiny-fp8"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (auto& c : s) if (c == '-') c = '_';
-                           return s;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, TensorParallel, DSFUSE_FIXTURE_MODELS);
 
 TEST(TensorParallelErrors, IndivisibleHeadsAreAClearError) {
   DSFUSE_REQUIRE_FIXTURE(dir, "models/qwen2-tiny");  // 6 heads, 2 kv heads

@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -13,6 +14,46 @@ static std::string slurp(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+const std::vector<std::string>& fixture_models() {
+  static const std::vector<std::string> k = {"llama-tiny",       "qwen2-tiny",       "deepseek-v2-lite-tiny",
+                                             "deepseek-v2-tiny", "deepseek-v3-tiny", "deepseek-v3-tiny-fp8"};
+  return k;
+}
+
+std::string param_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param;
+  for (auto& c : s)
+    if (c == '-') c = '_';
+  return s;
+}
+
+std::vector<int32_t> ref_ids(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* t = f.find(name);
+  EXPECT_TRUE(t) << name << " missing in " << f.path();
+  std::vector<int32_t> v;
+  if (!t) return v;
+  const TensorView tv = f.view(*t);
+  for (int64_t i = 0; i < tv.numel(); ++i) v.push_back(static_cast<int32_t>(tv.ptr<int64_t>()[i]));
+  return v;
+}
+
+std::vector<float> ref_floats(const SafetensorsFile& f, const std::string& name) {
+  const TensorInfo* t = f.find(name);
+  EXPECT_TRUE(t) << name << " missing in " << f.path();
+  if (!t) return {};
+  const TensorView tv = f.view(*t);
+  return std::vector<float>(tv.ptr<float>(), tv.ptr<float>() + tv.numel());
+}
+
+double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return a.size() == b.size() ? std::sqrt(num / den) : 1e9;
 }
 
 CmdResult run_dsfuse(const std::string& args, const std::string& stdin_path) {

@@ -5,6 +5,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
+
+#include "loader/safetensors.h"
 
 namespace dsfuse::test {
 
@@ -24,6 +27,18 @@ inline std::filesystem::path fixture(const std::string& rel) {
   const std::filesystem::path var = ::dsfuse::test::fixture(rel);                                   \
   if (var.empty()) GTEST_SKIP() << "fixture " << (rel) << " not found under "                       \
                                 << ::dsfuse::test::fixtures_dir() << " (set DSFUSE_FIXTURES)"
+
+// The fixture models of every family, for tests parametrized over them:
+//   INSTANTIATE_TEST_SUITE_P(Fixtures, MyTest, DSFUSE_FIXTURE_MODELS);
+const std::vector<std::string>& fixture_models();
+std::string param_name(const ::testing::TestParamInfo<std::string>& info);  // "llama-tiny" -> "llama_tiny"
+#define DSFUSE_FIXTURE_MODELS ::testing::ValuesIn(::dsfuse::test::fixture_models()), ::dsfuse::test::param_name
+
+// Tensors of a reference file (reference.safetensors): int64 ids as int32, float32 values.
+std::vector<int32_t> ref_ids(const SafetensorsFile& f, const std::string& name);
+std::vector<float> ref_floats(const SafetensorsFile& f, const std::string& name);
+// ‖a − b‖ / ‖b‖
+double rel_err(const std::vector<float>& a, const std::vector<float>& b);
 
 struct CmdResult {
   int exit_code;

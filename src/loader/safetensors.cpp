@@ -123,9 +123,10 @@ const TensorInfo* SafetensorsFile::find(const std::string& name) const {
   return it == index_.end() ? nullptr : &tensors_[it->second];
 }
 
-TensorView SafetensorsFile::view(const TensorInfo& t) const {
+// A contiguous view of `t`'s shape and dtype over `data`.
+static TensorView view_of(const TensorInfo& t, const void* data) {
   TensorView v;
-  v.data = const_cast<uint8_t*>(map_->data() + data_offset_ + t.begin);
+  v.data = const_cast<void*>(data);
   v.dtype = t.dtype;
   v.ndim = static_cast<int>(t.shape.size());
   int64_t st = 1;
@@ -136,6 +137,8 @@ TensorView SafetensorsFile::view(const TensorInfo& t) const {
   }
   return v;
 }
+
+TensorView SafetensorsFile::view(const TensorInfo& t) const { return view_of(t, map_->data() + data_offset_ + t.begin); }
 
 Checkpoint::Checkpoint(const fs::path& dir_or_file) : root_(dir_or_file) {
   std::vector<fs::path> files;
@@ -230,15 +233,7 @@ TensorView Checkpoint::get(const std::string& name) {
   used_.insert(name);
   if (auto o = owned_.find(name); o != owned_.end()) {
     DSFUSE_CHECK(!o->second.data.empty() || t.end == 0, "dummy tensor '", name, "' was released");
-    TensorView v(const_cast<uint16_t*>(o->second.data.data()), DType::BF16, {});
-    v.ndim = static_cast<int>(t.shape.size());
-    int64_t st = 1;
-    for (int k = v.ndim - 1; k >= 0; --k) {
-      v.shape[k] = t.shape[k];
-      v.stride[k] = st;
-      st *= t.shape[k];
-    }
-    return v;
+    return view_of(t, o->second.data.data());
   }
   return files_[where_.at(name).first]->view(t);
 }
