@@ -170,6 +170,21 @@ TEST(Engine, CancelFreesBlocksAndQueueIsBounded) {
   EXPECT_THROW(e.submit(greedy({5}, 5), cb), QueueFull);
 }
 
+TEST(Engine, RequestLargerThanTheWholePoolFailsClearly) {
+  auto model = Model::load(kDefaultModel);
+  EngineConfig c;
+  c.block_size = 16;
+  c.kv_memory_bytes = static_cast<size_t>(model->info().kv_bytes_per_token) * 16 * 4;  // 64 tokens
+  Engine e(*model, nullptr, c);
+  try {
+    e.generate(greedy(prompt_of(100, 1, 4096), 4));
+    FAIL() << "expected an error";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("KV cache holds only 4"), std::string::npos) << err.what();
+  }
+  EXPECT_EQ(e.generate(greedy(prompt_of(20, 2, 4096), 4)).ids.size(), 4u);  // the engine carries on
+}
+
 TEST(BlockManager, PrefixReuseRefcountsAndLru) {
   BlockManager bm(8, 4);
   std::vector<int32_t> t1, t2, t3;

@@ -220,7 +220,16 @@ bool Engine::Impl::step() {
     auto s = queue.front();
     uint64_t chain = 0;
     const int64_t cached = blocks->allocate(s->tokens, s->table, chain);
-    if (cached < 0) break;  // wait for blocks to free up
+    if (cached < 0) {
+      if (!running.empty()) break;  // wait for running sequences to free blocks
+      // Nothing runs and it still does not fit: it never will.
+      queue.pop_front();
+      finish(*s, FinishReason::ContextLimit,
+             cat("the sequence needs ", blocks->blocks_for(static_cast<int64_t>(s->tokens.size())), " KV blocks of ",
+                 cfg.block_size, " tokens but the KV cache holds only ", blocks->num_blocks(),
+                 " (raise the KV memory)"));
+      continue;
+    }
     queue.pop_front();
     s->computed = cached;
     s->sealed = static_cast<size_t>(cached / cfg.block_size);
