@@ -1,5 +1,11 @@
-// CPU backend: threaded, cache-tiled kernels over f32 activations and weights in their stored format.
+// CPU backend: threaded SIMD kernels over f32 activations and weights in their stored format.
 // Scratch memory is owned per thread and only grows, so a steady-state forward pass does not allocate.
+//
+// linear(): few tokens (decode, small expert batches) -> GEMV kernels that stream each weight row block
+// once for all tokens (bf16/f32/int8 read directly, no dequantized copy); more tokens (prefill) -> GEMM:
+// per thread a range of NR-wide column panels; each panel is packed K-chunk by K-chunk into an f32
+// [kc][NR] tile (L1-resident, dequantizing any format) and multiplied by MR-token micro-tiles held in
+// registers (kernels_impl.h). Threads split the output columns, so no reduction between threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -7,6 +13,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/kernels.h"
 #include "core/arena.h"
 #include "core/thread_pool.h"
 #include "ops/moe_routing.h"
@@ -16,24 +23,18 @@ namespace {
 
 float* frow(const TensorView& t, int64_t r) { return t.ptr<float>() + r * t.stride[0]; }
 
-// Dot product with 8 independent accumulators (vectorizes without -ffast-math).
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
-  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-inline void axpy(float* y, float a, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+// Rows of at most this many tokens go through the GEMV kernels; more through the packed GEMM.
+int64_t gemv_max_tokens() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("DSFUSE_GEMV_MAX_T");
+    return e ? std::atoll(e) : int64_t{4};
+  }();
+  return v;
 }
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads), scratch_(pool_.size()) {}
+  explicit CpuBackend(int threads) : pool_(threads), scratch_(pool_.size()), k_(&cpu::kernels()) {}
 
   Device device() const override { return Device::cpu(); }
   std::string name() const override { return "cpu"; }
@@ -49,20 +50,18 @@ class CpuBackend final : public Backend {
 
   void linear(TensorView y, const TensorView& x, const Linear& w) override {
     const int64_t T = x.shape[0], N = w.out_features(), K = w.in_features();
-    constexpr int64_t kTile = 8;
-    const int64_t tiles = (N + kTile - 1) / kTile;
-    pool_.parallel_for(tiles, [&](int64_t b, int64_t e, int tid) {
-      float* wt = scratch(tid, kTile * K);
-      for (int64_t tile = b; tile < e; ++tile) {
-        const int64_t n0 = tile * kTile, n1 = std::min(N, n0 + kTile);
-        dequantize_rows(w, n0, n1, wt);
-        for (int64_t t = 0; t < T; ++t) {
-          const float* xr = frow(x, t);
-          float* yr = frow(y, t);
-          for (int64_t n = n0; n < n1; ++n) yr[n] = dot(xr, wt + (n - n0) * K, K);
-        }
-      }
-    });
+    cpu::WMat m;
+    const bool fast = cpu::to_wmat(w, m);
+    if (fast && T <= gemv_max_tokens()) {
+      constexpr int64_t kRowBlock = 16;
+      const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+      pool_.parallel_for(blocks, [&](int64_t b, int64_t e, int) {
+        k_->gemv(m, K, b * kRowBlock, std::min(N, e * kRowBlock), x.ptr<float>(), x.stride[0], T, y.ptr<float>(),
+                 y.stride[0]);
+      });
+    } else {
+      gemm(y, x, w, fast ? &m : nullptr);
+    }
     if (!w.bias.empty())
       for (int64_t t = 0; t < T; ++t)
         for (int64_t n = 0; n < N; ++n) frow(y, t)[n] += vec_at(w.bias, n);
@@ -75,9 +74,8 @@ class CpuBackend final : public Backend {
       for (int64_t d = 0; d < D; ++d) wf[d] = vec_at(w, d);
       for (int64_t t = b; t < e; ++t) {
         const float* xr = frow(x, t);
-        const float inv = 1.0f / std::sqrt(dot(xr, xr, D) / static_cast<float>(D) + eps);
-        float* yr = frow(y, t);
-        for (int64_t d = 0; d < D; ++d) yr[d] = wf[d] * (xr[d] * inv);
+        const float inv = 1.0f / std::sqrt(k_->sumsq(xr, D) / static_cast<float>(D) + eps);
+        k_->rms_apply(frow(y, t), xr, wf, inv, D);
       }
     }, 16);
   }
@@ -87,7 +85,7 @@ class CpuBackend final : public Backend {
     for (int64_t t = 0; t < T; ++t) {
       float* yr = frow(y, t);
       const float* xr = frow(x, t);
-      for (int64_t d = 0; d < D; ++d) yr[d] += xr[d];
+      k_->add(yr, xr, D);
     }
   }
 
@@ -98,7 +96,7 @@ class CpuBackend final : public Backend {
         const float* g = frow(gate, t);
         const float* u = frow(up, t);
         float* o = frow(y, t);
-        for (int64_t i = 0; i < I; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+        k_->silu_mul(o, g, u, I);
       }
     }, 8);
   }
@@ -142,18 +140,12 @@ class CpuBackend final : public Backend {
       for (int64_t i = b; i < e; ++i) {
         const int64_t t = i / Hq, h = i % Hq, kh = h / group, S = past + t + 1;
         const float* qr = frow(q, t) + h * q.stride[1];
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < S; ++s) {
-          p[s] = dot(qr, frow(k, s) + kh * k.stride[1], D) * scale;
-          mx = std::max(mx, p[s]);
-        }
-        float sum = 0;
-        for (int64_t s = 0; s < S; ++s) sum += (p[s] = std::exp(p[s] - mx));
+        for (int64_t s = 0; s < S; ++s) p[s] = k_->dot(qr, frow(k, s) + kh * k.stride[1], D) * scale;
+        const float sum = k_->softmax_inplace(p, S);
         float* o = frow(out, t) + h * out.stride[1];
         std::fill(o, o + Dv, 0.0f);
-        for (int64_t s = 0; s < S; ++s) axpy(o, p[s], frow(v, s) + kh * v.stride[1], Dv);
-        const float inv = 1.0f / sum;
-        for (int64_t d = 0; d < Dv; ++d) o[d] *= inv;
+        for (int64_t s = 0; s < S; ++s) k_->axpy(o, p[s], frow(v, s) + kh * v.stride[1], Dv);
+        k_->scal(o, 1.0f / sum, Dv);
       }
     });
   }
@@ -162,33 +154,43 @@ class CpuBackend final : public Backend {
                      const TensorView& k_pe, const Linear& kv_b, int64_t past, float scale) override {
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2], S_max = past + T;
+    cpu::WMat m;
+    // Few tokens with a directly readable kv_b: absorb straight from the stored rows (each head's rows are
+    // read once per token from cache, never dequantized to a copy). Otherwise dequantize a head once.
+    const bool direct = cpu::to_wmat(kv_b, m) && T <= gemv_max_tokens();
     pool_.parallel_for(H, [&](int64_t b, int64_t e, int tid) {
-      float* w = scratch(tid, (Dn + Dv) * C + 2 * C + S_max);
-      float* ql = w + (Dn + Dv) * C;  // [C] absorbed query
-      float* ol = ql + C;             // [C] latent output
-      float* p = ol + C;              // [S] scores
+      float* w = scratch(tid, (direct ? 0 : (Dn + Dv) * C) + 2 * C + S_max + Dv);
+      float* ql = w + (direct ? 0 : (Dn + Dv) * C);  // [C] absorbed query
+      float* ol = ql + C;                            // [C] latent output
+      float* p = ol + C;                             // [S] scores
+      float* ov = p + S_max;                         // [Dv]
       for (int64_t h = b; h < e; ++h) {
-        dequantize_rows(kv_b, h * (Dn + Dv), (h + 1) * (Dn + Dv), w);
+        const int64_t r0 = h * (Dn + Dv);
+        if (!direct) dequantize_rows(kv_b, r0, r0 + Dn + Dv, w);
         const float* wk = w;           // [Dn, C]
         const float* wv = w + Dn * C;  // [Dv, C]
         for (int64_t t = 0; t < T; ++t) {
           const float* qn = frow(q_nope, t) + h * q_nope.stride[1];
           std::fill(ql, ql + C, 0.0f);
-          for (int64_t d = 0; d < Dn; ++d) axpy(ql, qn[d], wk + d * C, C);
+          for (int64_t d = 0; d < Dn; ++d) {
+            if (direct) k_->axpy_w(m, C, r0 + d, qn[d], ql);
+            else k_->axpy(ql, qn[d], wk + d * C, C);
+          }
           const float* qp = frow(q_pe, t) + h * q_pe.stride[1];
           const int64_t S = past + t + 1;
-          float mx = -INFINITY;
-          for (int64_t s = 0; s < S; ++s) {
-            p[s] = (dot(ql, frow(latent, s), C) + dot(qp, frow(k_pe, s), R)) * scale;
-            mx = std::max(mx, p[s]);
-          }
-          float sum = 0;
-          for (int64_t s = 0; s < S; ++s) sum += (p[s] = std::exp(p[s] - mx));
+          for (int64_t s = 0; s < S; ++s)
+            p[s] = (k_->dot(ql, frow(latent, s), C) + k_->dot(qp, frow(k_pe, s), R)) * scale;
+          const float sum = k_->softmax_inplace(p, S);
           std::fill(ol, ol + C, 0.0f);
-          for (int64_t s = 0; s < S; ++s) axpy(ol, p[s], frow(latent, s), C);
+          for (int64_t s = 0; s < S; ++s) k_->axpy(ol, p[s], frow(latent, s), C);
           const float inv = 1.0f / sum;
           float* o = frow(out, t) + h * out.stride[1];
-          for (int64_t d = 0; d < Dv; ++d) o[d] = dot(ol, wv + d * C, C) * inv;
+          if (direct) {
+            k_->gemv(m, C, r0 + Dn, r0 + Dn + Dv, ol, C, 1, ov - (r0 + Dn), 0);
+            for (int64_t d = 0; d < Dv; ++d) o[d] = ov[d] * inv;
+          } else {
+            for (int64_t d = 0; d < Dv; ++d) o[d] = k_->dot(ol, wv + d * C, C) * inv;
+          }
         }
       }
     });
@@ -242,12 +244,79 @@ class CpuBackend final : public Backend {
       linear(y, g, experts[e].down);
       for (int64_t j = 0; j < n; ++j) {
         const int32_t slot = order_[count_[e] + j];
-        axpy(frow(out, slot / K), wt[slot], frow(y, j), H);
+        k_->axpy(frow(out, slot / K), wt[slot], frow(y, j), H);
       }
     }
   }
 
  private:
+  // y = x W^T through packed panels (see the file comment). `m` is null for formats without a direct
+  // reader (f16, fp8): their panel rows are dequantized once per panel into scratch first.
+  void gemm(TensorView y, const TensorView& x, const Linear& w, const cpu::WMat* m) {
+    const int64_t T = x.shape[0], N = w.out_features(), K = w.in_features();
+    const int NR = k_->nr, MR = k_->mr_max;
+    constexpr int64_t KC = 128;
+    const int64_t panels = (N + NR - 1) / NR;
+    const float* xp = x.ptr<float>();
+    float* yp = y.ptr<float>();
+    const int64_t xs = x.stride[0], ys = y.stride[0];
+    pool_.parallel_for(panels, [&](int64_t b, int64_t e, int tid) {
+      float* bp = scratch(tid, KC * NR + (m ? 0 : NR * K));
+      float* rows = bp + KC * NR;  // [NR, K] dequantized rows (no direct reader only)
+      for (int64_t pi = b; pi < e; ++pi) {
+        const int64_t n0 = pi * NR;
+        const int nc = static_cast<int>(std::min<int64_t>(NR, N - n0));
+        if (!m) dequantize_rows(w, n0, n0 + nc, rows);
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+          const int64_t kc = std::min(KC, K - k0);
+          pack(m, rows, K, n0, nc, k0, kc, NR, bp);
+          for (int64_t t0 = 0; t0 < T; t0 += MR) {
+            const int mr = static_cast<int>(std::min<int64_t>(MR, T - t0));
+            k_->gemm_tile(mr, kc, xp + t0 * xs + k0, xs, bp, yp + t0 * ys + n0, ys, nc, k0 > 0);
+          }
+        }
+      }
+    });
+  }
+
+  // bp[k * NR + j] = W[n0 + j, k0 + k] as f32 (zero for j >= nc).
+  static void pack(const cpu::WMat* m, const float* rows, int64_t K, int64_t n0, int nc, int64_t k0, int64_t kc, int NR,
+                   float* bp) {
+    if (nc < NR) std::fill(bp, bp + kc * NR, 0.0f);
+    for (int j = 0; j < nc; ++j) {
+      const int64_t n = n0 + j;
+      float* dst = bp + j;
+      if (!m) {
+        const float* r = rows + j * K + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR] = r[k];
+        continue;
+      }
+      switch (m->dtype) {
+        case DType::F32: {
+          const float* r = static_cast<const float*>(m->w) + n * m->ws + k0;
+          for (int64_t k = 0; k < kc; ++k) dst[k * NR] = r[k];
+          break;
+        }
+        case DType::BF16: {
+          const uint16_t* r = static_cast<const uint16_t*>(m->w) + n * m->ws + k0;
+          for (int64_t k = 0; k < kc; ++k) dst[k * NR] = bf16_to_f32(r[k]);
+          break;
+        }
+        default: {  // I8 (groups may start inside the chunk)
+          const int8_t* r = static_cast<const int8_t*>(m->w) + n * m->ws;
+          const float* sc = m->scale + n * m->sstride;
+          const float* zp = m->zero ? m->zero + n * m->sstride : nullptr;
+          for (int64_t k = 0; k < kc;) {
+            const int64_t g = (k0 + k) / m->group;
+            const int64_t end = std::min(kc, (g + 1) * m->group - k0);
+            const float s = sc[g], z = zp ? zp[g] : 0.0f;
+            for (; k < end; ++k) dst[k * NR] = (static_cast<float>(r[k0 + k]) - z) * s;
+          }
+        }
+      }
+    }
+  }
+
   struct Grow {
     Buffer buf;
     float* grow(int64_t floats) {
@@ -260,6 +329,7 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   std::vector<Grow> scratch_;
+  const cpu::Kernels* k_;
   Grow route_scratch_, moe_buf_;
   std::vector<int64_t> count_, fill_;
   std::vector<int32_t> order_;
