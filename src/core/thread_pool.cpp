@@ -1,14 +1,23 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <memory>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define DSFUSE_PAUSE() _mm_pause()
+#else
+#define DSFUSE_PAUSE() ((void)0)
+#endif
 
 namespace dsfuse {
 
 namespace {
 int g_global_threads = 0;
-}
+constexpr int kSpin = 20000;  // pause iterations (~50-100 us) before sleeping / yielding
+}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) {
@@ -30,23 +39,26 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::worker(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t, int64_t, int)>* job;
-    int64_t begin, end;
-    {
+    uint64_t g = generation_.load(std::memory_order_acquire);
+    for (int i = 0; g == seen && i < kSpin && !stop_.load(std::memory_order_relaxed); ++i) {
+      DSFUSE_PAUSE();
+      g = generation_.load(std::memory_order_acquire);
+    }
+    if (g == seen) {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
+      cv_.wait(lk, [&] { return stop_.load() || generation_.load(std::memory_order_acquire) != seen; });
       if (stop_) return;
-      seen = generation_;
-      if (index >= chunks_) continue;
-      job = job_;
-      begin = index * chunk_;
-      end = std::min(n_, begin + chunk_);
+      g = generation_.load(std::memory_order_acquire);
     }
-    (*job)(begin, end, index);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+    if (stop_) return;
+    seen = g;
+    // Job fields were published before generation_ (release/acquire) and stay unchanged until every
+    // worker has counted down, so reading them here is race-free.
+    if (index < chunks_) {
+      const int64_t begin = index * chunk_, end = std::min(n_, begin + chunk_);
+      (*job_)(begin, end, index);
     }
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -61,19 +73,20 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   }
   int64_t chunk = (n + chunks - 1) / chunks;
   chunks = static_cast<int>((n + chunk - 1) / chunk);
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    job_ = &fn;
-    n_ = n;
-    chunk_ = chunk;
-    chunks_ = chunks;
-    pending_ = chunks - 1;
-    ++generation_;
-  }
+  job_ = &fn;
+  n_ = n;
+  chunk_ = chunk;
+  chunks_ = chunks;
+  // Every worker sees each generation and counts down (those without a chunk at once).
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_acq_rel);
+  { std::lock_guard<std::mutex> lk(mu_); }
   cv_.notify_all();
   fn(0, std::min(n, chunk), 0);
-  std::unique_lock<std::mutex> lk(mu_);
-  done_cv_.wait(lk, [&] { return pending_ == 0; });
+  for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+    if (i < kSpin) DSFUSE_PAUSE();
+    else std::this_thread::yield();
+  }
 }
 
 ThreadPool& ThreadPool::global() {

@@ -1,6 +1,11 @@
 // A fixed pool of worker threads sized to the cores; every heavy CPU op splits its work through
 // parallel_for. The calling thread takes part, so a pool of N threads uses N-1 workers.
+//
+// Hand-off is built for many short jobs (a decode step runs ~200 of them): a job is published through
+// an atomic generation counter that idle workers spin on for a short while (~50 us) before sleeping on
+// a condition variable, and the caller spins (then yields) on an atomic count of unfinished chunks.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -31,13 +36,13 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable cv_, done_cv_;
+  std::condition_variable cv_;
   const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
   int64_t n_ = 0, chunk_ = 0;
   int chunks_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace dsfuse

@@ -14,6 +14,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/stats.h"
 #include "core/arena.h"
 #include "core/thread_pool.h"
 #include "ops/moe_routing.h"
@@ -32,6 +33,15 @@ int64_t gemv_max_tokens() {
   return v;
 }
 
+}  // namespace
+
+cpu::Stats& cpu::stats() {
+  static Stats s;
+  return s;
+}
+
+namespace {
+
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int threads) : pool_(threads), scratch_(pool_.size()), k_(&cpu::kernels()) {}
@@ -45,11 +55,15 @@ class CpuBackend final : public Backend {
 
   void embedding(TensorView out, const TensorView& table, const int32_t* ids, int64_t T) override {
     Linear l{table};
+    cpu::stats().weight_bytes.fetch_add(T * table.shape[1] * static_cast<int64_t>(dtype_size(table.dtype)),
+                                        std::memory_order_relaxed);
     for (int64_t t = 0; t < T; ++t) dequantize_rows(l, ids[t], ids[t] + 1, frow(out, t));
   }
 
   void linear(TensorView y, const TensorView& x, const Linear& w) override {
     const int64_t T = x.shape[0], N = w.out_features(), K = w.in_features();
+    cpu::stats().weight_bytes.fetch_add(static_cast<int64_t>(w.bytes()), std::memory_order_relaxed);
+    cpu::stats().macs.fetch_add(T * N * K, std::memory_order_relaxed);
     cpu::WMat m;
     const bool fast = cpu::to_wmat(w, m);
     if (fast && T <= gemv_max_tokens()) {
@@ -135,6 +149,7 @@ class CpuBackend final : public Backend {
                  float scale) override {
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
     const int64_t group = Hq / Hkv, S_max = past + T;
+    cpu::stats().macs.fetch_add(Hq * (D + Dv) * (T * past + T * (T + 1) / 2), std::memory_order_relaxed);
     pool_.parallel_for(T * Hq, [&](int64_t b, int64_t e, int tid) {
       float* p = scratch(tid, S_max);
       for (int64_t i = b; i < e; ++i) {
@@ -154,6 +169,9 @@ class CpuBackend final : public Backend {
                      const TensorView& k_pe, const Linear& kv_b, int64_t past, float scale) override {
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2], S_max = past + T;
+    cpu::stats().weight_bytes.fetch_add(static_cast<int64_t>(kv_b.bytes()), std::memory_order_relaxed);
+    cpu::stats().macs.fetch_add(T * H * (Dn + Dv) * C + H * (2 * C + R) * (T * past + T * (T + 1) / 2),
+                                std::memory_order_relaxed);
     cpu::WMat m;
     // Few tokens with a directly readable kv_b: absorb straight from the stored rows (each head's rows are
     // read once per token from cache, never dequantized to a copy). Otherwise dequantize a head once.

@@ -307,7 +307,23 @@ static void axpy_w(const WMat& w, int64_t K, int64_t row, float a, float* y) {
   }
 }
 
+// Independent FMA chains (12 vectors) for the peak-FLOP probe; returns the flops executed.
+static double fma_probe(int64_t iters) {
+  typename V::F a[12];
+  DSF_UNROLL for (int j = 0; j < 12; ++j) a[j] = V::set1(1.0f + j * 1e-3f);
+  const typename V::F m = V::set1(0.9999f), c = V::set1(1e-4f);
+  for (int64_t i = 0; i < iters; ++i) {
+    DSF_UNROLL for (int j = 0; j < 12; ++j) a[j] = V::fmadd(a[j], m, c);
+  }
+  typename V::F s = a[0];
+  for (int j = 1; j < 12; ++j) s = V::add(s, a[j]);
+  volatile float sink = V::reduce_add(s);
+  (void)sink;
+  return static_cast<double>(iters) * 12 * V::W * 2;
+}
+
 static void fill_table(Kernels& k) {
+  k.fma_probe = fma_probe;
   k.nr = 2 * V::W;
   k.mr_max = V::kMR;
   k.gemv = gemv;
