@@ -44,10 +44,10 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads), scratch_(pool_.size()), k_(&cpu::kernels()) {}
+  CpuBackend(int threads, cpu::Isa isa) : pool_(threads), scratch_(pool_.size()), k_(&cpu::kernels(isa)) {}
 
   Device device() const override { return Device::cpu(); }
-  std::string name() const override { return "cpu"; }
+  std::string name() const override { return std::string("cpu-") + cpu::isa_name(k_->isa); }
   void* alloc(size_t bytes) override { return std::aligned_alloc(64, (bytes + 63) / 64 * 64); }
   void free(void* p) override { std::free(p); }
   void copy_to_device(void* d, const void* s, size_t n) override { std::memcpy(d, s, n); }
@@ -355,6 +355,10 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads); }
+std::unique_ptr<Backend> make_cpu_backend(int threads) { return std::make_unique<CpuBackend>(threads, cpu::best_isa()); }
+
+std::unique_ptr<Backend> cpu::make_cpu_backend_isa(int threads, Isa isa) {
+  return std::make_unique<CpuBackend>(threads, isa);
+}
 
 }  // namespace dsfuse

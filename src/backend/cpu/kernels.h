@@ -10,6 +10,7 @@
 // match the scalar reference up to summation order.
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "backend/backend.h"
 
@@ -57,6 +58,9 @@ struct Kernels {
 
 const Kernels& kernels(Isa isa);
 inline const Kernels& kernels() { return kernels(best_isa()); }
+
+// The CPU backend running the kernels of `isa` (tests compare every path; falls back when unsupported).
+std::unique_ptr<Backend> make_cpu_backend_isa(int threads, Isa isa);
 
 namespace scalar { void fill(Kernels& k); }
 namespace avx2 { bool fill(Kernels& k); }    // false when not compiled for x86
