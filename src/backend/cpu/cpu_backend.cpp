@@ -42,6 +42,18 @@ cpu::Stats& cpu::stats() {
 
 namespace {
 
+// Prefill GEMM flavour for bf16/f32/int8 ($DSFUSE_GEMM): 0 "wt" (default: weight rows converted to f32
+// row-major, tokens packed), 1 "direct" (register tiles on stored weights), 2 "packed" (weight panels
+// transposed; what f16/fp8 always use).
+int gemm_mode() {
+  static const int v = [] {
+    const char* e = std::getenv("DSFUSE_GEMM");
+    const std::string s = e ? e : "";
+    return s == "direct" ? 1 : s == "packed" ? 2 : 0;
+  }();
+  return v;
+}
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend(int threads, cpu::Isa isa) : pool_(threads), scratch_(pool_.size()), k_(&cpu::kernels(isa)) {}
@@ -73,6 +85,15 @@ class CpuBackend final : public Backend {
         k_->gemv(m, K, b * kRowBlock, std::min(N, e * kRowBlock), x.ptr<float>(), x.stride[0], T, y.ptr<float>(),
                  y.stride[0]);
       });
+    } else if (fast && gemm_mode() == 1) {
+      constexpr int64_t kRowBlock = 24;
+      const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
+      pool_.parallel_for(blocks, [&](int64_t b, int64_t e, int) {
+        k_->gemm_direct(m, K, b * kRowBlock, std::min(N, e * kRowBlock), x.ptr<float>(), x.stride[0], T,
+                        y.ptr<float>(), y.stride[0]);
+      });
+    } else if (fast && gemm_mode() == 0) {
+      gemm_wt(y, x, w, m);
     } else {
       gemm(y, x, w, fast ? &m : nullptr);
     }
@@ -297,6 +318,48 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // y = x W^T with the roles of the micro-kernel swapped: x is packed once per call into token panels
+  // xp[tb][k][NR] (NR tokens, zero-padded), and each thread converts MR weight rows at a time to f32
+  // (row-major, SIMD, no transpose) whose elements the micro-kernel broadcasts against the token
+  // vectors: C^T[MR rows][NR tokens] in registers over all of K, written back transposed once.
+  void gemm_wt(TensorView y, const TensorView& x, const Linear& w, const cpu::WMat& m) {
+    const int64_t T = x.shape[0], N = w.out_features(), K = w.in_features();
+    const int NR = k_->nr, MR = k_->mr_max;
+    const int64_t tblocks = (T + NR - 1) / NR;
+    float* xp = xpack_.grow(tblocks * K * NR);
+    const float* xd = x.ptr<float>();
+    const int64_t xs = x.stride[0], ys = y.stride[0];
+    pool_.parallel_for(tblocks * K, [&](int64_t b, int64_t e, int) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t tb = i / K, k = i % K;
+        float* dst = xp + (tb * K + k) * NR;
+        for (int j = 0; j < NR; ++j) {
+          const int64_t t = tb * NR + j;
+          dst[j] = t < T ? xd[t * xs + k] : 0.0f;
+        }
+      }
+    }, 256);
+    const int64_t rblocks = (N + MR - 1) / MR;
+    float* yd = y.ptr<float>();
+    pool_.parallel_for(rblocks, [&](int64_t b, int64_t e, int tid) {
+      float* wbuf = scratch(tid, MR * K + MR * NR);
+      float* ct = wbuf + MR * K;
+      for (int64_t rb = b; rb < e; ++rb) {
+        const int64_t n0 = rb * MR;
+        const int mr = static_cast<int>(std::min<int64_t>(MR, N - n0));
+        for (int i = 0; i < mr; ++i) k_->dequant_row(m, K, n0 + i, wbuf + i * K);
+        for (int64_t tb = 0; tb < tblocks; ++tb) {
+          const int nc = static_cast<int>(std::min<int64_t>(NR, T - tb * NR));
+          k_->gemm_tile(mr, K, wbuf, K, xp + tb * K * NR, ct, NR, nc, false);
+          for (int j = 0; j < nc; ++j) {
+            float* yr = yd + (tb * NR + j) * ys + n0;
+            for (int i = 0; i < mr; ++i) yr[i] = ct[i * NR + j];
+          }
+        }
+      }
+    });
+  }
+
   // bp[k * NR + j] = W[n0 + j, k0 + k] as f32 (zero for j >= nc).
   static void pack(const cpu::WMat* m, const float* rows, int64_t K, int64_t n0, int nc, int64_t k0, int64_t kc, int NR,
                    float* bp) {
@@ -348,7 +411,7 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   std::vector<Grow> scratch_;
   const cpu::Kernels* k_;
-  Grow route_scratch_, moe_buf_;
+  Grow route_scratch_, moe_buf_, xpack_;
   std::vector<int64_t> count_, fill_;
   std::vector<int32_t> order_;
 };

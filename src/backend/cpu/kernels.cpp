@@ -127,6 +127,9 @@ void gemm_tile(int mr, int64_t kc, const float* a, int64_t lda, const float* bp,
 void axpy(float* y, float a, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
+void dequant_row(const WMat& w, int64_t K, int64_t row, float* out) {
+  for (int64_t k = 0; k < K; ++k) out[k] = wval(w, row, k);
+}
 void axpy_w(const WMat& w, int64_t K, int64_t row, float a, float* y) {
   for (int64_t k = 0; k < K; ++k) y[k] += a * wval(w, row, k);
 }
@@ -169,6 +172,8 @@ void fill(Kernels& k) {
   k.mr_max = 4;
   k.gemv = gemv;
   k.gemm_tile = gemm_tile;
+  k.gemm_direct = gemv;
+  k.dequant_row = dequant_row;
   k.axpy_w = axpy_w;
   k.dot = dot;
   k.axpy = axpy;

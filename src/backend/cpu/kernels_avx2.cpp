@@ -17,7 +17,7 @@ namespace {
 
 struct V {
   using F = __m256;
-  static constexpr int W = 8, kRows = 4, kTT = 2, kMR = 6;
+  static constexpr int W = 8, kRows = 4, kTT = 2, kMR = 6, kGR = 2, kGT = 4;
   static inline F zero() { return _mm256_setzero_ps(); }
   static inline F set1(float a) { return _mm256_set1_ps(a); }
   static inline F load(const float* p) { return _mm256_loadu_ps(p); }
@@ -48,6 +48,7 @@ struct V {
     const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
   }
+  static inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
   static inline float wscalar(float v) { return v; }
   static inline float wscalar(uint16_t v) {
     const uint32_t u = static_cast<uint32_t>(v) << 16;

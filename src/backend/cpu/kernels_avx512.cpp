@@ -17,7 +17,7 @@ namespace {
 
 struct V {
   using F = __m512;
-  static constexpr int W = 16, kRows = 4, kTT = 4, kMR = 12;
+  static constexpr int W = 16, kRows = 4, kTT = 4, kMR = 12, kGR = 3, kGT = 8;
   static inline F zero() { return _mm512_setzero_ps(); }
   static inline F set1(float a) { return _mm512_set1_ps(a); }
   static inline F load(const float* p) { return _mm512_loadu_ps(p); }
@@ -38,6 +38,7 @@ struct V {
     const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
   }
+  static inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
   static inline float wscalar(float v) { return v; }
   static inline float wscalar(uint16_t v) {
     const uint32_t u = static_cast<uint32_t>(v) << 16;

@@ -10,8 +10,11 @@
 // ------------------------------------------------------------------------------------ GEMV
 
 // Rows n0..n0+R of a bf16/f32 matrix times TT tokens; U accumulators per (row, token) to hide FMA latency.
+// `pf`: elements ahead to prefetch in every row (the same columns of the next row block), so that the
+// next block's lines are in flight while this one is consumed (the rows are short, e.g. 1.5-3 KB).
 template <int R, int TT, typename WT>
-static inline void gemv_float_block(const WT* const* wr, int64_t K, const float* const* xr, float* out /*[R][TT]*/) {
+static inline void gemv_float_block(const WT* const* wr, int64_t K, const float* const* xr, float* out /*[R][TT]*/,
+                                    int64_t pf) {
   constexpr int U = TT == 1 ? 2 : 1;
   typename V::F acc[U][R][TT];
   DSF_UNROLL for (int u = 0; u < U; ++u) DSF_UNROLL for (int r = 0; r < R; ++r) DSF_UNROLL for (int t = 0; t < TT; ++t)
@@ -22,6 +25,7 @@ static inline void gemv_float_block(const WT* const* wr, int64_t K, const float*
       typename V::F xv[TT];
       DSF_UNROLL for (int t = 0; t < TT; ++t) xv[t] = V::load(xr[t] + k + u * V::W);
       DSF_UNROLL for (int r = 0; r < R; ++r) {
+        if (u == 0) V::prefetch(wr[r] + k + pf);
         const typename V::F wv = V::loadw(wr[r] + k + u * V::W);
         DSF_UNROLL for (int t = 0; t < TT; ++t) acc[u][r][t] = V::fmadd(wv, xv[t], acc[u][r][t]);
       }
@@ -41,7 +45,7 @@ static inline void gemv_float_block(const WT* const* wr, int64_t K, const float*
 // W = (q - z) * s. Per group the raw q·x is accumulated, then folded with the group's scale.
 template <int R, int TT>
 static inline void gemv_i8_block(const int8_t* const* wr, const float* const* sr, const float* const* zr, int64_t K,
-                                 int64_t G, const float* const* xr, float* out) {
+                                 int64_t G, const float* const* xr, float* out, int64_t pf) {
   typename V::F tot[R][TT], g[R][TT], xs[TT];
   float tail[R][TT];
   DSF_UNROLL for (int r = 0; r < R; ++r) DSF_UNROLL for (int t = 0; t < TT; ++t) {
@@ -54,6 +58,20 @@ static inline void gemv_i8_block(const int8_t* const* wr, const float* const* sr
     DSF_UNROLL for (int r = 0; r < R; ++r) DSF_UNROLL for (int t = 0; t < TT; ++t) g[r][t] = V::zero();
     DSF_UNROLL for (int t = 0; t < TT; ++t) xs[t] = V::zero();
     int64_t k = k0;
+    for (; k + 64 <= k1; k += 64) {  // one cache line of every row per iteration
+      DSF_UNROLL for (int r = 0; r < R; ++r) V::prefetch(wr[r] + k + pf);
+      DSF_UNROLL for (int u = 0; u < 64 / V::W; ++u) {
+        typename V::F xv[TT];
+        DSF_UNROLL for (int t = 0; t < TT; ++t) {
+          xv[t] = V::load(xr[t] + k + u * V::W);
+          if (asym) xs[t] = V::add(xs[t], xv[t]);
+        }
+        DSF_UNROLL for (int r = 0; r < R; ++r) {
+          const typename V::F wv = V::load_i8(wr[r] + k + u * V::W);
+          DSF_UNROLL for (int t = 0; t < TT; ++t) g[r][t] = V::fmadd(wv, xv[t], g[r][t]);
+        }
+      }
+    }
     for (; k + V::W <= k1; k += V::W) {
       typename V::F xv[TT];
       DSF_UNROLL for (int t = 0; t < TT; ++t) {
@@ -85,13 +103,13 @@ static inline void gemv_rows(const WMat& w, int64_t K, int64_t n, const float* c
     case DType::BF16: {
       const uint16_t* wr[R];
       for (int r = 0; r < R; ++r) wr[r] = static_cast<const uint16_t*>(w.w) + (n + r) * w.ws;
-      gemv_float_block<R, TT>(wr, K, xr, out);
+      gemv_float_block<R, TT>(wr, K, xr, out, R * w.ws);
       return;
     }
     case DType::F32: {
       const float* wr[R];
       for (int r = 0; r < R; ++r) wr[r] = static_cast<const float*>(w.w) + (n + r) * w.ws;
-      gemv_float_block<R, TT>(wr, K, xr, out);
+      gemv_float_block<R, TT>(wr, K, xr, out, R * w.ws);
       return;
     }
     case DType::I8: {
@@ -102,7 +120,7 @@ static inline void gemv_rows(const WMat& w, int64_t K, int64_t n, const float* c
         sr[r] = w.scale + (n + r) * w.sstride;
         zr[r] = w.zero ? w.zero + (n + r) * w.sstride : nullptr;
       }
-      gemv_i8_block<R, TT>(wr, sr, zr, K, w.group, xr, out);
+      gemv_i8_block<R, TT>(wr, sr, zr, K, w.group, xr, out, R * w.ws);
       return;
     }
     default: return;
@@ -197,6 +215,126 @@ static void gemm_tile(int mr, int64_t kc, const float* a, int64_t lda, const flo
     DSF_CASE(7) DSF_CASE(8) DSF_CASE(9) DSF_CASE(10) DSF_CASE(11) DSF_CASE(12)
 #undef DSF_CASE
     default: return;
+  }
+}
+
+
+// ------------------------------------------------------------------------------------ GEMM (direct)
+// Prefill / batches without packing: register tile of R weight rows x TT tokens, vectorized along K.
+// Every weight vector is read from its stored format (bf16 shift, int8 convert * group scale) once per
+// tile and reused for TT tokens; the K range is cut into chunks of KC (a multiple of every group size)
+// so that the R rows stay in L1 and all tokens' x chunk in L2 while the token tiles sweep over them.
+
+template <int R, int TT>
+static inline void gemm_direct_tile(const WMat& w, int64_t n, int64_t ka, int64_t kb, const float* x, int64_t xs,
+                                    float* y, int64_t ys, bool accum) {
+  typename V::F acc[TT][R];
+  DSF_UNROLL for (int t = 0; t < TT; ++t) DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::zero();
+  float tail[TT][R];
+  for (int t = 0; t < TT; ++t)
+    for (int r = 0; r < R; ++r) tail[t][r] = 0;
+  const float* xr[TT];
+  DSF_UNROLL for (int t = 0; t < TT; ++t) xr[t] = x + t * xs;
+  if (w.dtype == DType::BF16 || w.dtype == DType::F32) {
+    int64_t k = ka;
+    if (w.dtype == DType::BF16) {
+      const uint16_t* wr[R];
+      DSF_UNROLL for (int r = 0; r < R; ++r) wr[r] = static_cast<const uint16_t*>(w.w) + (n + r) * w.ws;
+      for (; k + V::W <= kb; k += V::W) {
+        typename V::F wv[R];
+        DSF_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::loadw(wr[r] + k);
+        DSF_UNROLL for (int t = 0; t < TT; ++t) {
+          const typename V::F xv = V::load(xr[t] + k);
+          DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::fmadd(wv[r], xv, acc[t][r]);
+        }
+      }
+      for (; k < kb; ++k)
+        for (int t = 0; t < TT; ++t)
+          for (int r = 0; r < R; ++r) tail[t][r] += V::wscalar(wr[r][k]) * xr[t][k];
+    } else {
+      const float* wr[R];
+      DSF_UNROLL for (int r = 0; r < R; ++r) wr[r] = static_cast<const float*>(w.w) + (n + r) * w.ws;
+      for (; k + V::W <= kb; k += V::W) {
+        typename V::F wv[R];
+        DSF_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::loadw(wr[r] + k);
+        DSF_UNROLL for (int t = 0; t < TT; ++t) {
+          const typename V::F xv = V::load(xr[t] + k);
+          DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::fmadd(wv[r], xv, acc[t][r]);
+        }
+      }
+      for (; k < kb; ++k)
+        for (int t = 0; t < TT; ++t)
+          for (int r = 0; r < R; ++r) tail[t][r] += wr[r][k] * xr[t][k];
+    }
+  } else {  // I8: dequantized in registers, w = q * s - z * s per group
+    const int8_t* wr[R];
+    DSF_UNROLL for (int r = 0; r < R; ++r) wr[r] = static_cast<const int8_t*>(w.w) + (n + r) * w.ws;
+    for (int64_t k = ka; k < kb;) {
+      const int64_t g = k / w.group, e = (g + 1) * w.group < kb ? (g + 1) * w.group : kb;
+      float sf[R], zf[R];
+      typename V::F sv[R], zv[R];
+      DSF_UNROLL for (int r = 0; r < R; ++r) {
+        sf[r] = w.scale[(n + r) * w.sstride + g];
+        zf[r] = w.zero ? w.zero[(n + r) * w.sstride + g] : 0.0f;
+        sv[r] = V::set1(sf[r]);
+        zv[r] = V::set1(-zf[r] * sf[r]);
+      }
+      if (w.zero) {
+        for (; k + V::W <= e; k += V::W) {
+          typename V::F wv[R];
+          DSF_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::fmadd(V::load_i8(wr[r] + k), sv[r], zv[r]);
+          DSF_UNROLL for (int t = 0; t < TT; ++t) {
+            const typename V::F xv = V::load(xr[t] + k);
+            DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::fmadd(wv[r], xv, acc[t][r]);
+          }
+        }
+      } else {
+        for (; k + V::W <= e; k += V::W) {
+          typename V::F wv[R];
+          DSF_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::mul(V::load_i8(wr[r] + k), sv[r]);
+          DSF_UNROLL for (int t = 0; t < TT; ++t) {
+            const typename V::F xv = V::load(xr[t] + k);
+            DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::fmadd(wv[r], xv, acc[t][r]);
+          }
+        }
+      }
+      for (; k < e; ++k)
+        for (int t = 0; t < TT; ++t)
+          for (int r = 0; r < R; ++r) tail[t][r] += (static_cast<float>(wr[r][k]) - zf[r]) * sf[r] * xr[t][k];
+    }
+  }
+  for (int t = 0; t < TT; ++t)
+    for (int r = 0; r < R; ++r) {
+      const float v = V::reduce_add(acc[t][r]) + tail[t][r];
+      float& o = y[t * ys + n + r];
+      o = accum ? o + v : v;
+    }
+}
+
+template <int R>
+static inline void gemm_direct_rows(const WMat& w, int64_t n, int64_t ka, int64_t kb, const float* x, int64_t xs,
+                                    int64_t T, float* y, int64_t ys, bool accum) {
+  int64_t t = 0;
+  for (; t + V::kGT <= T; t += V::kGT) gemm_direct_tile<R, V::kGT>(w, n, ka, kb, x + t * xs, xs, y + t * ys, ys, accum);
+  const float* xt = x + t * xs;
+  float* yt = y + t * ys;
+  switch (T - t) {
+#define DSF_CASE(m) \
+  case m: if constexpr (m < V::kGT) gemm_direct_tile<R, m>(w, n, ka, kb, xt, xs, yt, ys, accum); break;
+    DSF_CASE(1) DSF_CASE(2) DSF_CASE(3) DSF_CASE(4) DSF_CASE(5) DSF_CASE(6) DSF_CASE(7)
+#undef DSF_CASE
+    default: break;
+  }
+}
+
+static void gemm_direct(const WMat& w, int64_t K, int64_t n0, int64_t n1, const float* x, int64_t xs, int64_t T,
+                        float* y, int64_t ys) {
+  constexpr int64_t KC = 1024;  // multiple of every int8 group size (<= 128) and of V::W
+  for (int64_t ka = 0; ka < K; ka += KC) {
+    const int64_t kb = ka + KC < K ? ka + KC : K;
+    int64_t n = n0;
+    for (; n + V::kGR <= n1; n += V::kGR) gemm_direct_rows<V::kGR>(w, n, ka, kb, x, xs, T, y, ys, ka > 0);
+    for (; n < n1; ++n) gemm_direct_rows<1>(w, n, ka, kb, x, xs, T, y, ys, ka > 0);
   }
 }
 
@@ -322,12 +460,46 @@ static double fma_probe(int64_t iters) {
   return static_cast<double>(iters) * 12 * V::W * 2;
 }
 
+// out[0..K) = W[row, 0..K) as f32
+static void dequant_row(const WMat& w, int64_t K, int64_t row, float* out) {
+  int64_t i = 0;
+  switch (w.dtype) {
+    case DType::F32: {
+      const float* r = static_cast<const float*>(w.w) + row * w.ws;
+      for (; i < K; ++i) out[i] = r[i];
+      return;
+    }
+    case DType::BF16: {
+      const uint16_t* r = static_cast<const uint16_t*>(w.w) + row * w.ws;
+      for (; i + V::W <= K; i += V::W) V::storeu(out + i, V::loadw(r + i));
+      for (; i < K; ++i) out[i] = V::wscalar(r[i]);
+      return;
+    }
+    case DType::I8: {
+      const int8_t* r = static_cast<const int8_t*>(w.w) + row * w.ws;
+      const float* s = w.scale + row * w.sstride;
+      const float* z = w.zero ? w.zero + row * w.sstride : nullptr;
+      for (int64_t k0 = 0, gi = 0; k0 < K; k0 += w.group, ++gi) {
+        const int64_t k1 = k0 + w.group < K ? k0 + w.group : K;
+        const float sc = s[gi], zz = z ? z[gi] : 0.0f;
+        const typename V::F sv = V::set1(sc), zv = V::set1(-zz * sc);
+        for (i = k0; i + V::W <= k1; i += V::W) V::storeu(out + i, V::fmadd(V::load_i8(r + i), sv, zv));
+        for (; i < k1; ++i) out[i] = (static_cast<float>(r[i]) - zz) * sc;
+      }
+      return;
+    }
+    default: return;
+  }
+}
+
 static void fill_table(Kernels& k) {
+  k.dequant_row = dequant_row;
   k.fma_probe = fma_probe;
   k.nr = 2 * V::W;
   k.mr_max = V::kMR;
   k.gemv = gemv;
   k.gemm_tile = gemm_tile;
+  k.gemm_direct = gemm_direct;
   k.axpy_w = axpy_w;
   k.dot = dot;
   k.axpy = axpy;
