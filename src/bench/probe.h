@@ -7,7 +7,7 @@ namespace dsfuse::bench {
 
 // GB/s of a multi-threaded streaming read (independent SIMD accumulators per thread) over a buffer
 // of `bytes` (>> L3); best of `passes`.
-double measure_bandwidth_gbs(int threads, int64_t bytes = int64_t{1} << 29, int passes = 4);
+double measure_bandwidth_gbs(int threads, int64_t bytes = int64_t{1} << 29, int passes = 6);
 
 struct FmaPeak {
   // Sum over threads of flops per thread CPU-second of independent FMA chains of the dispatched ISA

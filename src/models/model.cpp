@@ -71,7 +71,7 @@ void CausalLM::load_common(WeightLoader& wl) {
   if (cfg_.tie_word_embeddings && !wl.has("lm_head.weight")) {
     lm_head_.w = embed_;
   } else {
-    lm_head_ = wl.linear_exact("lm_head", cfg_.vocab_size, cfg_.hidden_size);
+    lm_head_ = wl.linear("lm_head", cfg_.vocab_size, cfg_.hidden_size);  // int8 too under --quant (llama.cpp Q8_0 does the same)
   }
 }
 

@@ -59,7 +59,8 @@ struct Kernels {
   void (*rms_apply)(float* y, const float* x, const float* w, float inv, int64_t n) = nullptr;  // y = w * (x * inv)
   void (*silu_mul)(float* y, const float* g, const float* u, int64_t n) = nullptr;
   float (*softmax_inplace)(float* p, int64_t n) = nullptr;  // p = exp(p - max p); returns the sum
-  double (*fma_probe)(int64_t iters) = nullptr;             // runs independent FMA chains; returns flops
+  double (*fma_probe)(int64_t iters) = nullptr;
+  float (*stream_sum)(const float* p, int64_t n) = nullptr;  // bandwidth probe (8 accumulators)             // runs independent FMA chains; returns flops
 };
 
 const Kernels& kernels(Isa isa);
