@@ -262,7 +262,7 @@ TEST(Ops, ElementwiseAttentionMlaMoe) {
       }
     }
 
-    // MoE experts: tokens gathered per expert, T=1 (GEMV) and T=20 (GEMM for popular experts).
+    // MoE experts: tokens gathered per expert; fused GEMV path and per-expert GEMM path.
     double e_moe = 0;
     for (WFmt f : {WFmt::BF16, WFmt::I8Group}) {
       const int64_t E = 5, Hd = 48, I = 40, top = 2;
@@ -276,7 +276,7 @@ TEST(Ops, ElementwiseAttentionMlaMoe) {
         own.push_back(make_linear(f, Hd, I, r, false));
         ex[e].down = own.back().l;
       }
-      for (int64_t T : {1, 20}) {
+      for (int64_t T : {1, 20, 80}) {  // 1, 20: fused decode path (<= 24 tokens per expert); 80: per-expert GEMMs
         auto x = randv(T * Hd);
         std::vector<int32_t> ids(T * top);
         std::vector<float> wts(T * top);
