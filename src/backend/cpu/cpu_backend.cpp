@@ -1,11 +1,13 @@
 // CPU backend: threaded SIMD kernels over f32 activations and weights in their stored format.
 // Scratch memory is owned per thread and only grows, so a steady-state forward pass does not allocate.
 //
-// linear(): few tokens (decode, small expert batches) -> GEMV kernels that stream each weight row block
-// once for all tokens (bf16/f32/int8 read directly, no dequantized copy); more tokens (prefill) -> GEMM:
-// per thread a range of NR-wide column panels; each panel is packed K-chunk by K-chunk into an f32
-// [kc][NR] tile (L1-resident, dequantizing any format) and multiplied by MR-token micro-tiles held in
-// registers (kernels_impl.h). Threads split the output columns, so no reduction between threads.
+// linear(): up to 24 tokens (decode, small expert batches) -> GEMV kernels that stream each weight row
+// block once for all tokens (bf16/f32/int8 read directly, no dequantized copy, next block prefetched);
+// more tokens (prefill) -> GEMM (gemm_wt): the tokens are packed once per call into 32-token panels
+// [k][32]; each thread converts 12 weight rows at a time to f32 (SIMD) and the 12x32 micro-kernel
+// (24 zmm accumulators) broadcasts weight elements against token vectors over all of K. f16/fp8
+// weights use `gemm` (weight panels transposed into [kc][NR]). Threads split the output rows (chunks
+// claimed dynamically), so there is no reduction between threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -46,14 +48,13 @@ cpu::Stats& cpu::stats() {
 
 namespace {
 
-// Prefill GEMM flavour for bf16/f32/int8 ($DSFUSE_GEMM): 0 "wt" (default: weight rows converted to f32
-// row-major, tokens packed), 1 "direct" (register tiles on stored weights), 2 "packed" (weight panels
-// transposed; what f16/fp8 always use).
+// Prefill GEMM flavour for bf16/f32/int8 ($DSFUSE_GEMM): 0 (default) weight rows converted to f32
+// row-major with SIMD and tokens packed (gemm_wt); "packed": weight panels transposed into [k][NR]
+// (gemm, ~30% slower because the transpose is scalar; what f16/fp8 weights always use).
 int gemm_mode() {
   static const int v = [] {
     const char* e = std::getenv("DSFUSE_GEMM");
-    const std::string s = e ? e : "";
-    return s == "direct" ? 1 : s == "packed" ? 2 : 0;
+    return e && std::string(e) == "packed" ? 2 : 0;
   }();
   return v;
 }
@@ -88,13 +89,6 @@ class CpuBackend final : public Backend {
       pool_.parallel_for(blocks, [&](int64_t b, int64_t e, int) {
         k_->gemv(m, K, b * kRowBlock, std::min(N, e * kRowBlock), x.ptr<float>(), x.stride[0], T, y.ptr<float>(),
                  y.stride[0]);
-      });
-    } else if (fast && gemm_mode() == 1) {
-      constexpr int64_t kRowBlock = 24;
-      const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-      pool_.parallel_for(blocks, [&](int64_t b, int64_t e, int) {
-        k_->gemm_direct(m, K, b * kRowBlock, std::min(N, e * kRowBlock), x.ptr<float>(), x.stride[0], T,
-                        y.ptr<float>(), y.stride[0]);
       });
     } else if (fast && gemm_mode() == 0) {
       gemm_wt(y, x, w, m);

@@ -172,7 +172,6 @@ void fill(Kernels& k) {
   k.mr_max = 4;
   k.gemv = gemv;
   k.gemm_tile = gemm_tile;
-  k.gemm_direct = gemv;
   k.dequant_row = dequant_row;
   k.stream_sum = [](const float* p, int64_t n) { return dot(p, p, n); };
   k.axpy_w = axpy_w;

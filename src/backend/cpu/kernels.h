@@ -43,10 +43,6 @@ struct Kernels {
   // C[i*ldc + j] (acc ? += : =) sum_k A[i*lda + k] * Bp[k*nr + j] for i < mr (<= mr_max), j < ncols (<= nr).
   void (*gemm_tile)(int mr, int64_t kc, const float* a, int64_t lda, const float* bp, float* c, int64_t ldc, int ncols,
                     bool acc) = nullptr;
-  // Same contract as gemv, for many tokens: register tiles of rows x tokens over K chunks, reading the
-  // weights in their stored format (no packing). x and y rows must not alias.
-  void (*gemm_direct)(const WMat& w, int64_t K, int64_t n0, int64_t n1, const float* x, int64_t xs, int64_t T, float* y,
-                      int64_t ys) = nullptr;
   // out[0..K) = W[row, 0..K) as f32 (what dequantize_rows gives, up to fma rounding for int8)
   void (*dequant_row)(const WMat& w, int64_t K, int64_t row, float* out) = nullptr;
   // y[0..K) += a * W[row, 0..K)

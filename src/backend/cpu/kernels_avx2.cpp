@@ -17,7 +17,7 @@ namespace {
 
 struct V {
   using F = __m256;
-  static constexpr int W = 8, kRows = 4, kTT = 2, kMR = 6, kGR = 2, kGT = 4;
+  static constexpr int W = 8, kRows = 4, kTT = 2, kMR = 6;
   static inline F zero() { return _mm256_setzero_ps(); }
   static inline F set1(float a) { return _mm256_set1_ps(a); }
   static inline F load(const float* p) { return _mm256_loadu_ps(p); }

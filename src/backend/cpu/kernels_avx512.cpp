@@ -17,7 +17,7 @@ namespace {
 
 struct V {
   using F = __m512;
-  static constexpr int W = 16, kRows = 4, kTT = 4, kMR = 12, kGR = 3, kGT = 8;
+  static constexpr int W = 16, kRows = 4, kTT = 4, kMR = 12;
   static inline F zero() { return _mm512_setzero_ps(); }
   static inline F set1(float a) { return _mm512_set1_ps(a); }
   static inline F load(const float* p) { return _mm512_loadu_ps(p); }

@@ -219,125 +219,6 @@ static void gemm_tile(int mr, int64_t kc, const float* a, int64_t lda, const flo
 }
 
 
-// ------------------------------------------------------------------------------------ GEMM (direct)
-// Prefill / batches without packing: register tile of R weight rows x TT tokens, vectorized along K.
-// Every weight vector is read from its stored format (bf16 shift, int8 convert * group scale) once per
-// tile and reused for TT tokens; the K range is cut into chunks of KC (a multiple of every group size)
-// so that the R rows stay in L1 and all tokens' x chunk in L2 while the token tiles sweep over them.
-
-template <int R, int TT>
-static inline void gemm_direct_tile(const WMat& w, int64_t n, int64_t ka, int64_t kb, const float* x, int64_t xs,
-                                    float* y, int64_t ys, bool accum) {
-  typename V::F acc[TT][R];
-  DSF_UNROLL for (int t = 0; t < TT; ++t) DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::zero();
-  float tail[TT][R];
-  for (int t = 0; t < TT; ++t)
-    for (int r = 0; r < R; ++r) tail[t][r] = 0;
-  const float* xr[TT];
-  DSF_UNROLL for (int t = 0; t < TT; ++t) xr[t] = x + t * xs;
-  if (w.dtype == DType::BF16 || w.dtype == DType::F32) {
-    int64_t k = ka;
-    if (w.dtype == DType::BF16) {
-      const uint16_t* wr[R];
-      DSF_UNROLL for (int r = 0; r < R; ++r) wr[r] = static_cast<const uint16_t*>(w.w) + (n + r) * w.ws;
-      for (; k + V::W <= kb; k += V::W) {
-        typename V::F wv[R];
-        DSF_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::loadw(wr[r] + k);
-        DSF_UNROLL for (int t = 0; t < TT; ++t) {
-          const typename V::F xv = V::load(xr[t] + k);
-          DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::fmadd(wv[r], xv, acc[t][r]);
-        }
-      }
-      for (; k < kb; ++k)
-        for (int t = 0; t < TT; ++t)
-          for (int r = 0; r < R; ++r) tail[t][r] += V::wscalar(wr[r][k]) * xr[t][k];
-    } else {
-      const float* wr[R];
-      DSF_UNROLL for (int r = 0; r < R; ++r) wr[r] = static_cast<const float*>(w.w) + (n + r) * w.ws;
-      for (; k + V::W <= kb; k += V::W) {
-        typename V::F wv[R];
-        DSF_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::loadw(wr[r] + k);
-        DSF_UNROLL for (int t = 0; t < TT; ++t) {
-          const typename V::F xv = V::load(xr[t] + k);
-          DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::fmadd(wv[r], xv, acc[t][r]);
-        }
-      }
-      for (; k < kb; ++k)
-        for (int t = 0; t < TT; ++t)
-          for (int r = 0; r < R; ++r) tail[t][r] += wr[r][k] * xr[t][k];
-    }
-  } else {  // I8: dequantized in registers, w = q * s - z * s per group
-    const int8_t* wr[R];
-    DSF_UNROLL for (int r = 0; r < R; ++r) wr[r] = static_cast<const int8_t*>(w.w) + (n + r) * w.ws;
-    for (int64_t k = ka; k < kb;) {
-      const int64_t g = k / w.group, e = (g + 1) * w.group < kb ? (g + 1) * w.group : kb;
-      float sf[R], zf[R];
-      typename V::F sv[R], zv[R];
-      DSF_UNROLL for (int r = 0; r < R; ++r) {
-        sf[r] = w.scale[(n + r) * w.sstride + g];
-        zf[r] = w.zero ? w.zero[(n + r) * w.sstride + g] : 0.0f;
-        sv[r] = V::set1(sf[r]);
-        zv[r] = V::set1(-zf[r] * sf[r]);
-      }
-      if (w.zero) {
-        for (; k + V::W <= e; k += V::W) {
-          typename V::F wv[R];
-          DSF_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::fmadd(V::load_i8(wr[r] + k), sv[r], zv[r]);
-          DSF_UNROLL for (int t = 0; t < TT; ++t) {
-            const typename V::F xv = V::load(xr[t] + k);
-            DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::fmadd(wv[r], xv, acc[t][r]);
-          }
-        }
-      } else {
-        for (; k + V::W <= e; k += V::W) {
-          typename V::F wv[R];
-          DSF_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::mul(V::load_i8(wr[r] + k), sv[r]);
-          DSF_UNROLL for (int t = 0; t < TT; ++t) {
-            const typename V::F xv = V::load(xr[t] + k);
-            DSF_UNROLL for (int r = 0; r < R; ++r) acc[t][r] = V::fmadd(wv[r], xv, acc[t][r]);
-          }
-        }
-      }
-      for (; k < e; ++k)
-        for (int t = 0; t < TT; ++t)
-          for (int r = 0; r < R; ++r) tail[t][r] += (static_cast<float>(wr[r][k]) - zf[r]) * sf[r] * xr[t][k];
-    }
-  }
-  for (int t = 0; t < TT; ++t)
-    for (int r = 0; r < R; ++r) {
-      const float v = V::reduce_add(acc[t][r]) + tail[t][r];
-      float& o = y[t * ys + n + r];
-      o = accum ? o + v : v;
-    }
-}
-
-template <int R>
-static inline void gemm_direct_rows(const WMat& w, int64_t n, int64_t ka, int64_t kb, const float* x, int64_t xs,
-                                    int64_t T, float* y, int64_t ys, bool accum) {
-  int64_t t = 0;
-  for (; t + V::kGT <= T; t += V::kGT) gemm_direct_tile<R, V::kGT>(w, n, ka, kb, x + t * xs, xs, y + t * ys, ys, accum);
-  const float* xt = x + t * xs;
-  float* yt = y + t * ys;
-  switch (T - t) {
-#define DSF_CASE(m) \
-  case m: if constexpr (m < V::kGT) gemm_direct_tile<R, m>(w, n, ka, kb, xt, xs, yt, ys, accum); break;
-    DSF_CASE(1) DSF_CASE(2) DSF_CASE(3) DSF_CASE(4) DSF_CASE(5) DSF_CASE(6) DSF_CASE(7)
-#undef DSF_CASE
-    default: break;
-  }
-}
-
-static void gemm_direct(const WMat& w, int64_t K, int64_t n0, int64_t n1, const float* x, int64_t xs, int64_t T,
-                        float* y, int64_t ys) {
-  constexpr int64_t KC = 1024;  // multiple of every int8 group size (<= 128) and of V::W
-  for (int64_t ka = 0; ka < K; ka += KC) {
-    const int64_t kb = ka + KC < K ? ka + KC : K;
-    int64_t n = n0;
-    for (; n + V::kGR <= n1; n += V::kGR) gemm_direct_rows<V::kGR>(w, n, ka, kb, x, xs, T, y, ys, ka > 0);
-    for (; n < n1; ++n) gemm_direct_rows<1>(w, n, ka, kb, x, xs, T, y, ys, ka > 0);
-  }
-}
-
 // ------------------------------------------------------------------------------------ vector ops
 
 static float dot(const float* a, const float* b, int64_t n) {
@@ -517,7 +398,6 @@ static void fill_table(Kernels& k) {
   k.mr_max = V::kMR;
   k.gemv = gemv;
   k.gemm_tile = gemm_tile;
-  k.gemm_direct = gemm_direct;
   k.axpy_w = axpy_w;
   k.dot = dot;
   k.axpy = axpy;
