@@ -16,8 +16,8 @@ namespace dsfuse {
 struct Linear {
   TensorView w;      // [N, K]: f32 / bf16 / f16 / f8e4m3 / i8
   TensorView scale;  // f8e4m3: f32 [ceil(N/block_rows), ceil(K/block_cols)] (weight_scale_inv);
-                     // i8: f32 [N], one per output channel
-  TensorView zero;   // i8 asymmetric only: f32 [N] zero points, W = (q - zero) * scale
+                     // i8: f32 [N] per output channel, or [N, G] per group of K/G columns
+  TensorView zero;   // i8 asymmetric only: zero points shaped like scale, W = (q - zero) * scale
   TensorView bias;   // optional [N] (f32 / bf16 / f16)
   int block_rows = 128, block_cols = 128;
 

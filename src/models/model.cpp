@@ -135,7 +135,8 @@ void CausalLM::load_common(WeightLoader& wl) {
     const auto [v0, v1] = tp_.size > 1 ? tp_.share(cfg_.vocab_size, "vocab_size") : std::pair<int64_t, int64_t>{0, cfg_.vocab_size};
     lm_head_.w = embed_.rows(v0, v1);
   } else {
-    lm_head_ = wl.linear_exact("lm_head", cfg_.vocab_size, cfg_.hidden_size, false, Split::Column);
+    // int8 too under --quant (llama.cpp's Q8_0 does the same).
+    lm_head_ = wl.linear("lm_head", cfg_.vocab_size, cfg_.hidden_size, false, Split::Column);
   }
 }
 

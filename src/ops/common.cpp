@@ -51,13 +51,17 @@ void dequantize_rows(const Linear& w, int64_t r0, int64_t r1, float* out) {
       return;
     }
     case DType::I8: {
+      // scale / zero: [N] (per row) or [N, G] (per group of ceil(K / G) columns)
       const float* sc = w.scale.ptr<float>();
       const float* zp = w.zero.empty() ? nullptr : w.zero.ptr<float>();
+      const int64_t G = w.scale.ndim == 2 ? w.scale.shape[1] : 1, gs = (K + G - 1) / G;
       for (int64_t r = r0; r < r1; ++r) {
         const int8_t* src = w.w.ptr<int8_t>() + r * rs;
-        const float s = sc[r], z = zp ? zp[r] : 0.0f;
         float* dst = out + (r - r0) * K;
-        for (int64_t k = 0; k < K; ++k) dst[k] = (static_cast<float>(src[k]) - z) * s;
+        for (int64_t k = 0; k < K; ++k) {
+          const float s = sc[r * G + k / gs], z = zp ? zp[r * G + k / gs] : 0.0f;
+          dst[k] = (static_cast<float>(src[k]) - z) * s;
+        }
       }
       return;
     }
