@@ -1,6 +1,7 @@
 // `dsfuse bench`: prefill / decode speed, time to first token, peak RSS, and how close decode comes to
 // the memory-bandwidth bound of this machine. Tools read the final `--json` line.
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include "backend/cpu/stats.h"
 #include "bench/probe.h"
 #include "cli.h"
+#include "models/model.h"
 #include "core/error.h"
 #include "dsfuse/dsfuse.h"
 
@@ -52,7 +54,7 @@ int run_bench(int argc, char** argv) {
   app.add_option("--quant", quant, "weights in memory: none | int8 | int8-asym");
   app.add_option("--prompt-len", prompt_len, "prefill tokens (one forward)")->check(CLI::Range(1, 1 << 20));
   app.add_option("--gen-len", gen_len, "decoded tokens (single-token forwards)")->check(CLI::Range(1, 1 << 20));
-  app.add_option("--batch", batch, "sequences (only 1 until batched forward exists)");
+  app.add_option("--batch", batch, "sequences run together (one batched forward per step)")->check(CLI::Range(1, 4096));
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   app.add_option("--repeat", repeat, "repetitions (medians reported)")->check(CLI::Range(1, 1000));
   app.add_option("--device", device, "cpu or reference");
@@ -63,8 +65,6 @@ int run_bench(int argc, char** argv) {
   DSFUSE_CHECK(!model.empty() || !config.empty(), "bench: give --model DIR or --config FILE.json --dummy-weights");
   DSFUSE_CHECK(model.empty() || !dummy, "bench: --dummy-weights goes with --config, not --model");
   DSFUSE_CHECK(config.empty() || dummy, "bench: --config needs --dummy-weights (there are no weights to load)");
-  DSFUSE_CHECK(batch == 1, "bench: --batch ", batch,
-               " is not supported yet: the model API has no batched forward (one sequence per forward); use --batch 1");
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
   // Machine probes first (before the model occupies memory).
@@ -88,26 +88,50 @@ int run_bench(int argc, char** argv) {
   for (auto& t : prompt) t = tok(rng);
 
   std::vector<double> pre_tps, ttft_ms, dec_tps, bytes_per_tok, pre_macs;
-  std::vector<float> logits;
+  // `batch` sequences share one KV pool (sequence b owns rows [b*L, (b+1)*L): a one-block table) and
+  // run together: one batched forward for all prompts, then one per decode step for all sequences.
+  BatchModel& bm = batch_model(*m);
+  const int64_t L = prompt_len + gen_len;
+  std::vector<int32_t> tables(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) tables[static_cast<size_t>(b)] = b;
+  std::vector<float> logits(static_cast<size_t>(batch) * static_cast<size_t>(V));
+  std::vector<int32_t> ids, pos, next(static_cast<size_t>(batch));
+  std::vector<int64_t> rows;
+  auto run = [&](KVCache& pool, int64_t past, int64_t n, const std::function<int32_t(int, int64_t)>& token) {
+    Batch bt;
+    ids.clear(), pos.clear(), rows.clear();
+    for (int b = 0; b < batch; ++b) {
+      const int64_t t0 = static_cast<int64_t>(ids.size());
+      for (int64_t i = 0; i < n; ++i) ids.push_back(token(b, i)), pos.push_back(static_cast<int32_t>(past + i));
+      bt.segs.push_back(SeqSegment{t0, n, past, PagedRows{&tables[static_cast<size_t>(b)], static_cast<int>(L)}});
+      rows.push_back(t0 + n - 1);
+    }
+    bt.ids = ids.data();
+    bt.positions = pos.data();
+    bt.T = static_cast<int64_t>(ids.size());
+    bm.forward_batch(bt, pool, rows, logits.data());
+    for (int b = 0; b < batch; ++b) {
+      const float* row = logits.data() + static_cast<size_t>(b) * V;
+      next[static_cast<size_t>(b)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+    }
+  };
   for (int r = 0; r < repeat; ++r) {
-    auto seq = m->new_sequence(prompt_len + gen_len);
+    auto pool = bm.new_cache(L * batch);
     cpu::stats().reset();
     double t0 = now_s();
-    m->forward(*seq, prompt, logits, false);
+    run(*pool, 0, prompt_len, [&](int, int64_t i) { return prompt[static_cast<size_t>(i)]; });
     const double tp = now_s() - t0;
     pre_macs.push_back(static_cast<double>(cpu::stats().macs.load()));
     ttft_ms.push_back(tp * 1e3);
-    pre_tps.push_back(prompt_len / tp);
-    int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    pre_tps.push_back(static_cast<double>(prompt_len) * batch / tp);
     cpu::stats().reset();
     t0 = now_s();
-    for (int g = 0; g < gen_len; ++g) {
-      m->forward(*seq, std::span<const int32_t>(&next, 1), logits, false);
-      next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    }
+    for (int g = 0; g < gen_len; ++g)
+      run(*pool, prompt_len + g, 1, [&](int b, int64_t) { return next[static_cast<size_t>(b)]; });
     const double td = now_s() - t0;
-    dec_tps.push_back(gen_len / td);
-    bytes_per_tok.push_back(static_cast<double>(cpu::stats().weight_bytes.load()) / gen_len);
+    dec_tps.push_back(static_cast<double>(gen_len) * batch / td);
+    // Weights are read once per step for the whole batch: bytes per generated token = step bytes / batch.
+    bytes_per_tok.push_back(static_cast<double>(cpu::stats().weight_bytes.load()) / gen_len / batch);
   }
   // The probe again after the runs (the model's memory is in use, but the buffer is far larger than
   // L3 either way): other processes sharing the machine lower single probes, and the bound should be
@@ -118,12 +142,12 @@ int run_bench(int argc, char** argv) {
   const Stat pre = summarize(pre_tps), dec = summarize(dec_tps), ttft = summarize(ttft_ms);
   const double wbpt = summarize(bytes_per_tok).med;
   const double bound = wbpt > 0 ? bw * 1e9 / wbpt : 0;
-  const double prefill_gflops = summarize(pre_macs).med * 2 / 1e9 * pre.med / prompt_len;
+  const double prefill_gflops = summarize(pre_macs).med * 2 / 1e9 * pre.med / (static_cast<double>(prompt_len) * batch);
   const double rss = bench::peak_rss_mb();
 
   const char* src = dummy ? config.c_str() : model.c_str();
-  std::printf("dsfuse bench  %s  (%s, quant %s, %d threads, isa %s, load %.1f s)\n", src, info.architecture.c_str(),
-              quant.c_str(), threads, cpu::isa_name(cpu::best_isa()), load_s);
+  std::printf("dsfuse bench  %s  (%s, quant %s, batch %d, %d threads, isa %s, load %.1f s)\n", src,
+              info.architecture.c_str(), quant.c_str(), batch, threads, cpu::isa_name(cpu::best_isa()), load_s);
   std::printf("  %-26s %10s %10s %10s\n", "", "median", "min", "max");
   std::printf("  %-26s %10.2f %10.2f %10.2f\n", cat("prefill tok/s (", prompt_len, " tok)").c_str(), pre.med, pre.min,
               pre.max);
