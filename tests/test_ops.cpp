@@ -344,10 +344,17 @@ TEST(Bench, JsonFieldsSane) {
   EXPECT_NEAR(j["fraction_of_bound"].get<double>(), j["decode_tok_s"].get<double>() / j["bound_tok_s"].get<double>(), 1e-9);
   EXPECT_NEAR(j["ttft_ms"].get<double>(), 8 / j["prefill_tok_s"].get<double>() * 1e3, 1e-6 * j["ttft_ms"].get<double>());
   EXPECT_LT(j["bandwidth_gbs"].get<double>(), 10000);
-  // batch > 1 is rejected with a clear message until batched forward exists
-  auto b = test::run_dsfuse("bench --config " + (dir / "config.json").string() + " --dummy-weights --batch 2");
-  EXPECT_NE(b.exit_code, 0);
-  EXPECT_NE(b.err.find("--batch"), std::string::npos) << b.err;
+  // Batched: 3 sequences per forward; weights are read once per step, so bytes per token drop.
+  auto b = test::run_dsfuse("bench --config " + (dir / "config.json").string() +
+                            " --dummy-weights --gen-len 4 --prompt-len 8 --repeat 1 --batch 3 --json");
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  std::string bo = b.out;
+  while (!bo.empty() && bo.back() == '\n') bo.pop_back();
+  auto jb = nlohmann::json::parse(bo.substr(bo.rfind('\n') + 1));
+  EXPECT_EQ(jb["batch"], 3);
+  EXPECT_NEAR(jb["weight_bytes_per_token"].get<double>() * 3, j["weight_bytes_per_token"].get<double>(),
+              0.01 * j["weight_bytes_per_token"].get<double>());
+  EXPECT_NEAR(jb["ttft_ms"].get<double>(), 3 * 8 / jb["prefill_tok_s"].get<double>() * 1e3, 1e-6 * jb["ttft_ms"].get<double>());
 }
 
 }  // namespace
