@@ -17,6 +17,8 @@
 #include "core/error.h"
 #include "dsfuse/dsfuse.h"
 
+int run_bench_serve(int argc, char** argv);  // tools/cmd_bench_serve.cpp
+
 namespace {
 
 using namespace dsfuse;
@@ -41,6 +43,8 @@ Stat summarize(std::vector<double> v) {
 nlohmann::json js(const Stat& s) { return {{"median", s.med}, {"min", s.min}, {"max", s.max}}; }
 
 int run_bench(int argc, char** argv) {
+  // `dsfuse bench serve ...` is the load generator for a running server.
+  if (argc > 1 && std::string(argv[1]) == "serve") return run_bench_serve(argc - 1, argv + 1);
   CLI::App app{"Measure prefill/decode speed, TTFT, peak RSS and the fraction of the memory-bandwidth bound",
                "dsfuse bench"};
   std::string model, config, quant = "none", device = "cpu";
