@@ -16,34 +16,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string sh(const std::string& cmd, int* rc) {
-  std::string out;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) {
-    *rc = -1;
-    return out;
-  }
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return out;
-}
-
 TEST(OpenAiNpmClient, ChatStreamCompletionsModelsErrors) {
   int rc = 0;
-  sh("command -v node && command -v npm", &rc);
-  if (rc != 0) GTEST_SKIP() << "node/npm not installed: the official openai npm client cannot run";
-  const fs::path src = fs::path(DSFUSE_TEST_DATA).parent_path() / "js";
-  const fs::path dir = fs::path(DSFUSE_BIN).parent_path() / "openai-client-test";
-  fs::create_directories(dir);
-  for (const char* f : {"package.json", "package-lock.json", "openai_client.mjs"})
-    fs::copy_file(src / f, dir / f, fs::copy_options::overwrite_existing);
-  if (!fs::exists(dir / "node_modules" / "openai")) {
-    const std::string log = sh("cd " + dir.string() + " && npm ci --no-audit --no-fund --silent", &rc);
-    if (rc != 0) GTEST_SKIP() << "npm could not install the openai package (registry unreachable?): " << log;
-  }
+  std::string why;
+  const fs::path dir = dsfuse::test::npm_test_dir(&why);
+  if (dir.empty()) GTEST_SKIP() << why << ": the official openai npm client cannot run";
 
   // The server, as a user runs it, with an API key the client sends.
   int out[2];
@@ -65,7 +42,7 @@ TEST(OpenAiNpmClient, ChatStreamCompletionsModelsErrors) {
   }
   ASSERT_NE(text.find("listening on port"), std::string::npos) << text;
   const int port = std::stoi(text.substr(text.find("listening on port") + 18));
-  const std::string res = sh("cd " + dir.string() + " && timeout 120 node openai_client.mjs http://127.0.0.1:" +
+  const std::string res = dsfuse::test::shell("cd " + dir.string() + " && timeout 120 node openai_client.mjs http://127.0.0.1:" +
                                  std::to_string(port) + "/v1",
                              &rc);
   kill(pid, SIGTERM);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -335,6 +336,37 @@ TEST(Server, SigtermStopsWithinSecondsAndBindsLoopback) {
   close(out[0]);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   EXPECT_LT(secs, 6.0);
+}
+
+}  // namespace
+
+namespace {
+
+// The chat page at "/" in headless Chromium (playwright-core drives Debian's chromium): a message is typed
+// and sent, and the answer is seen growing as it streams in. SKIPPED with the reason when Chromium, node or
+// the npm packages are missing.
+TEST(ServerWebPage, HeadlessChromiumStreamsAnAnswer) {
+  const char* candidates[] = {"/usr/bin/chromium", "/usr/bin/chromium-browser"};
+  std::string browser;
+  for (const char* c : candidates)
+    if (fs::exists(c)) browser = c;
+  if (browser.empty()) GTEST_SKIP() << "no Chromium at /usr/bin/chromium (apt-get install chromium)";
+  std::string why;
+  const fs::path js = test::npm_test_dir(&why);
+  if (js.empty()) GTEST_SKIP() << why;
+  TestServer s;
+  int rc = 0;
+  const std::string out = test::shell("cd " + js.string() + " && timeout 120 node web_page.mjs http://127.0.0.1:" +
+                                          std::to_string(s.port) + "/ " + browser,
+                                      &rc);
+  std::printf("%s", out.c_str());
+  ASSERT_EQ(rc, 0) << out;
+  const auto line = out.substr(out.rfind('{'));
+  const json r = json::parse(line.substr(0, line.find('\n')));
+  EXPECT_TRUE(r["done"].get<bool>());
+  EXPECT_EQ(r["user"], "You: ROMEO:");
+  EXPECT_GT(r["final"].get<std::string>().size(), 5u);
+  EXPECT_GE(r["partials"].get<int>(), 2) << "the answer should appear in pieces as it streams";
 }
 
 }  // namespace

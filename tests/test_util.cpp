@@ -56,6 +56,44 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() ? std::sqrt(num / den) : 1e9;
 }
 
+std::string shell(const std::string& cmd, int* rc) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) {
+    *rc = -1;
+    return out;
+  }
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int st = pclose(p);
+  *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+}
+
+std::filesystem::path npm_test_dir(std::string* why) {
+  namespace fs = std::filesystem;
+  int rc = 0;
+  shell("command -v node && command -v npm", &rc);
+  if (rc != 0) {
+    *why = "node/npm not installed";
+    return {};
+  }
+  const fs::path src = fs::path(DSFUSE_TEST_DATA).parent_path() / "js";
+  const fs::path dir = fs::path(DSFUSE_BIN).parent_path() / "js-tests";
+  fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(src))
+    if (e.is_regular_file()) fs::copy_file(e.path(), dir / e.path().filename(), fs::copy_options::overwrite_existing);
+  if (!fs::exists(dir / "node_modules" / "openai") || !fs::exists(dir / "node_modules" / "playwright-core")) {
+    const std::string log = shell("cd " + dir.string() + " && npm ci --no-audit --no-fund --silent", &rc);
+    if (rc != 0) {
+      *why = "npm could not install tests/js packages (registry unreachable?): " + log;
+      return {};
+    }
+  }
+  return dir;
+}
+
 CmdResult run_dsfuse(const std::string& args, const std::string& stdin_path) {
   char tmpl[] = "/tmp/dsfuse_test_XXXXXX";
   const char* dir = mkdtemp(tmpl);

@@ -40,6 +40,13 @@ std::vector<float> ref_floats(const SafetensorsFile& f, const std::string& name)
 // ‖a − b‖ / ‖b‖
 double rel_err(const std::vector<float>& a, const std::vector<float>& b);
 
+// Runs `cmd` through the shell; returns stdout+stderr and sets *rc to the exit code.
+std::string shell(const std::string& cmd, int* rc);
+
+// tests/js (package.json + lock + scripts) copied into the build directory with its npm packages
+// installed (once). Empty, with *why set, when node/npm are missing or the install failed.
+std::filesystem::path npm_test_dir(std::string* why);
+
 struct CmdResult {
   int exit_code;
   std::string out;  // stdout
