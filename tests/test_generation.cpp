@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -68,6 +69,16 @@ TEST_P(GreedyFixtures, MatchesTransformers) {
   check_greedy(*model, dir / "reference.safetensors", GetParam());
 }
 
+// Greedy decoding on the GPU through the engine (paged KV pool, block tables staged to the device).
+TEST_P(GreedyFixtures, CudaMatchesTransformers) {
+  if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
+  DSFUSE_REQUIRE_FIXTURE(dir, "models/" + GetParam());
+  LoadOptions o;
+  o.device = "cuda";
+  auto model = Model::load(dir, o);
+  check_greedy(*model, dir / "reference.safetensors", "cuda " + GetParam());
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyFixtures,
                          ::testing::Values("llama-tiny", "qwen2-tiny", "deepseek-v2-lite-tiny", "deepseek-v2-tiny",
                                            "deepseek-v3-tiny", "deepseek-v3-tiny-fp8"),
@@ -95,6 +106,28 @@ TEST(DefaultModel, LogitsAndGreedyMatchTransformers) {
     EXPECT_LE(std::sqrt(num / den), 1e-4);
   }
   check_greedy(*model, kDefaultRef, "default-model");
+}
+
+TEST(DefaultModel, CudaLogitsAndGreedyMatchTransformers) {
+  if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
+  const char* f32 = std::getenv("DSFUSE_CUDA_F32");
+  const double tol = f32 && *f32 && std::string(f32) != "0" ? 1e-4 : 1e-2;
+  LoadOptions o;
+  o.device = "cuda";
+  auto model = Model::load(kDefaultModel, o);
+  SafetensorsFile ref(kDefaultRef);
+  for (const char* k : {"0", "1"}) {
+    const auto ids = ids_of(ref, std::string("ids_") + k);
+    const auto want = floats_of(ref, std::string("logits_") + k);
+    auto seq = model->new_sequence(static_cast<int64_t>(ids.size()));
+    std::vector<float> out;
+    model->forward(*seq, ids, out, true);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < out.size(); ++i) num += std::pow(double(out[i]) - want[i], 2), den += double(want[i]) * want[i];
+    std::printf("[parity] cuda default model logits_%s rel err %.3e (tol %.0e)\n", k, std::sqrt(num / den), tol);
+    EXPECT_LE(std::sqrt(num / den), tol);
+  }
+  check_greedy(*model, kDefaultRef, "cuda default-model");
 }
 
 TEST(DefaultModel, SeededSamplingIsReproducibleAndSeedsDiffer) {

@@ -25,6 +25,10 @@ inline std::filesystem::path fixture(const std::string& rel) {
   if (var.empty()) GTEST_SKIP() << "fixture " << (rel) << " not found under "                       \
                                 << ::dsfuse::test::fixtures_dir() << " (set DSFUSE_FIXTURES)"
 
+// Whether the CUDA backend was built and a device is present; the reason to skip otherwise.
+bool cuda_available();
+std::string cuda_skip_reason();
+
 struct CmdResult {
   int exit_code;
   std::string out;  // stdout

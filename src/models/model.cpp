@@ -6,6 +6,9 @@
 
 #include "core/log.h"
 #include "ops/reference.h"
+#ifdef DSFUSE_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace dsfuse {
 
@@ -179,7 +182,18 @@ class ModelImpl final : public Model {
       : cfg_(std::move(cfg)), ck_(std::move(ck)), wl_(*ck_, cfg_, parse_quant_type(opts.quant)) {
     if (opts.device == "cpu") be_ = make_cpu_backend(opts.threads);
     else if (opts.device == "reference") be_ = make_reference_backend();
-    else fail(cat("device '", opts.device, "' is not available (this build supports: cpu, reference)"));
+#ifdef DSFUSE_HAVE_CUDA
+    else if (opts.device == "cuda" || opts.device.rfind("cuda:", 0) == 0) {
+      const int idx = opts.device.size() > 5 ? std::stoi(opts.device.substr(5)) : 0;
+      DSFUSE_CHECK(cuda_device_count() > idx, "device '", opts.device, "': no such CUDA device (",
+                   cuda_device_count(), " found)");
+      be_ = make_cuda_backend(idx);
+    }
+    else fail(cat("device '", opts.device, "' is not available (this build supports: cpu, reference, cuda, cuda:N)"));
+#else
+    else fail(cat("device '", opts.device, "' is not available (this build supports: cpu, reference; "
+                  "built without CUDA)"));
+#endif
     wl_.set_backend(be_.get());
     auto it = model_registry().find(cfg_.architecture);
     DSFUSE_CHECK(it != model_registry().end(), "no implementation registered for ", cfg_.architecture);
