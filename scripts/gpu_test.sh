@@ -50,5 +50,14 @@ for mode in f32 bf16; do
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|Failure|error" "$LOG_DIR/tests-$mode.log" | head -40
 done
 unset DSFUSE_CUDA_F32
+# Rough timings (not a benchmark): the default model, 128 tokens, full forward and token by token.
+echo "=== timing: models/default, 128 tokens ==="
+IDS=$(seq -s, 1 128)
+for dev in cpu cuda; do
+  for inc in "" --incremental; do
+    "$BUILD_DIR/dsfuse" logits --model models/default --ids "$IDS" --out "$BUILD_DIR/timing.safetensors" \
+      --device $dev $inc 2>&1 | grep -E "^logits:" | sed "s/^/[$dev] /"
+  done
+done
 echo "=== summary: $([ $status = 0 ] && echo ALL CUDA TESTS PASSED || echo FAILURES) ==="
 exit $status

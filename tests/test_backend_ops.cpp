@@ -155,8 +155,8 @@ class BackendOps : public ::testing::TestWithParam<std::string> {
     ref = make_reference_backend();
   }
   void check(const char* op, const std::vector<float>& got, const std::vector<float>& want, double tol = 1e-5) {
-    // bf16 GEMMs on the GPU round activations to bf16 (exact checks stay exact).
-    if (tol > 0 && cuda_bf16_mode(GetParam())) tol = std::max(tol, 1e-2);
+    // bf16 GEMMs on the GPU (hi/lo split activations, ~3e-6 measured) get 1e-4; exact checks stay exact.
+    if (tol > 0 && cuda_bf16_mode(GetParam())) tol = std::max(tol, 1e-4);
     const double e = nerr(got.data(), want.data(), got.size());
     std::printf("[ops] %-6s %-28s err %.2e\n", GetParam().c_str(), op, e);
     EXPECT_LE(e, tol) << op;

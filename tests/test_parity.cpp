@@ -79,7 +79,8 @@ TEST_P(Parity, FullAndIncremental) {
   full_and_incremental(name, dir, LoadOptions{}, name.find("fp8") != std::string::npos ? 5e-3 : 1e-4);
 }
 
-// The same on the GPU: f32 weights and GEMMs with DSFUSE_CUDA_F32=1 (CPU-level tolerances), bf16 otherwise (1e-2).
+// The same on the GPU: f32 weights and GEMMs with DSFUSE_CUDA_F32=1 (CPU-level tolerances); bf16 otherwise
+// (1e-3; the split-activation bf16 GEMMs measured ~1.5e-5 on an H100).
 TEST_P(Parity, CudaFullAndIncremental) {
   const std::string name = GetParam();
   if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
@@ -88,7 +89,7 @@ TEST_P(Parity, CudaFullAndIncremental) {
   const bool exact = f32 && *f32 && std::string(f32) != "0";
   LoadOptions o;
   o.device = "cuda";
-  full_and_incremental(name, dir, o, exact ? (name.find("fp8") != std::string::npos ? 5e-3 : 1e-4) : 1e-2);
+  full_and_incremental(name, dir, o, exact ? (name.find("fp8") != std::string::npos ? 5e-3 : 1e-4) : 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Parity,
