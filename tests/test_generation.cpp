@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -56,6 +57,16 @@ TEST_P(GreedyFixtures, MatchesTransformers) {
   check_greedy(*model, dir / "reference.safetensors", GetParam());
 }
 
+// Greedy decoding on the GPU through the engine (paged KV pool, block tables staged to the device).
+TEST_P(GreedyFixtures, CudaMatchesTransformers) {
+  if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
+  DSFUSE_REQUIRE_FIXTURE(dir, "models/" + GetParam());
+  LoadOptions o;
+  o.device = "cuda";
+  auto model = Model::load(dir, o);
+  check_greedy(*model, dir / "reference.safetensors", "cuda " + GetParam());
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyFixtures, DSFUSE_FIXTURE_MODELS);
 
 const fs::path kDefaultModel = DSFUSE_SOURCE_MODEL_DIR;
@@ -74,6 +85,26 @@ TEST(DefaultModel, LogitsAndGreedyMatchTransformers) {
     EXPECT_LE(test::rel_err(out, want), 1e-4);
   }
   check_greedy(*model, kDefaultRef, "default-model");
+}
+
+TEST(DefaultModel, CudaLogitsAndGreedyMatchTransformers) {
+  if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
+  const char* f32 = std::getenv("DSFUSE_CUDA_F32");
+  const double tol = f32 && *f32 && std::string(f32) != "0" ? 1e-4 : 1e-3;
+  LoadOptions o;
+  o.device = "cuda";
+  auto model = Model::load(kDefaultModel, o);
+  SafetensorsFile ref(kDefaultRef);
+  for (const char* k : {"0", "1"}) {
+    const auto ids = ref_ids(ref, std::string("ids_") + k);
+    const auto want = ref_floats(ref, std::string("logits_") + k);
+    auto seq = model->new_sequence(static_cast<int64_t>(ids.size()));
+    std::vector<float> out;
+    model->forward(*seq, ids, out, true);
+    std::printf("[parity] cuda default model logits_%s rel err %.3e (tol %.0e)\n", k, test::rel_err(out, want), tol);
+    EXPECT_LE(test::rel_err(out, want), tol);
+  }
+  check_greedy(*model, kDefaultRef, "cuda default-model");
 }
 
 TEST(DefaultModel, SeededSamplingIsReproducibleAndSeedsDiffer) {

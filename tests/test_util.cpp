@@ -1,4 +1,7 @@
 #include "test_util.h"
+#ifdef DSFUSE_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -8,6 +11,22 @@
 #include <sstream>
 
 namespace dsfuse::test {
+
+bool cuda_available() {
+#ifdef DSFUSE_HAVE_CUDA
+  return cuda_device_count() > 0;
+#else
+  return false;
+#endif
+}
+
+std::string cuda_skip_reason() {
+#ifdef DSFUSE_HAVE_CUDA
+  return "built with CUDA, but no CUDA device is present";
+#else
+  return "built without CUDA (DSFUSE_CUDA=OFF or no nvcc)";
+#endif
+}
 
 static std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);

@@ -47,6 +47,10 @@ std::string shell(const std::string& cmd, int* rc);
 // installed (once). Empty, with *why set, when node/npm are missing or the install failed.
 std::filesystem::path npm_test_dir(std::string* why);
 
+// Whether the CUDA backend was built and a device is present; the reason to skip otherwise.
+bool cuda_available();
+std::string cuda_skip_reason();
+
 struct CmdResult {
   int exit_code;
   std::string out;  // stdout

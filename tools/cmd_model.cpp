@@ -48,7 +48,7 @@ int run_logits(int argc, char** argv) {
   app.add_option("--out", out, "output .safetensors path")->required();
   app.add_flag("--incremental", incremental, "feed the first token, then one token at a time through the KV cache");
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
-  app.add_option("--device", device, "cpu or reference (scalar ops)");
+  app.add_option("--device", device, "cpu, reference (scalar ops), cuda or cuda:N (CUDA builds)");
   int tp = 1;
   app.add_option("--tensor-parallel", tp, "ranks to shard the model over (one backend and thread each)")
       ->check(CLI::Range(1, 64));

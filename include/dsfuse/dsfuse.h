@@ -16,7 +16,9 @@ namespace dsfuse {
 
 struct LoadOptions {
   int threads = 0;            // 0: all cores (or $DSFUSE_THREADS)
-  std::string device = "cpu";  // "cpu" (a CUDA backend comes later), "reference" (scalar, for tests)
+  // "cpu", "reference" (scalar, for tests), "cuda" / "cuda:N" (builds with CUDA; DSFUSE_CUDA_F32=1 in the
+  // environment forces f32 weights and GEMMs on the GPU)
+  std::string device = "cpu";
   std::string quant = "none";  // weights in memory: "none" (as stored), "int8", "int8-asym"
   int tensor_parallel = 1;     // ranks (one backend and one thread each; heads, MLPs, experts, vocab split)
 };

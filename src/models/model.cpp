@@ -7,6 +7,9 @@
 #include "core/log.h"
 #include "ops/reference.h"
 #include "parallel/tp_group.h"
+#ifdef DSFUSE_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace dsfuse {
 
@@ -235,6 +238,34 @@ const char* family_name(Family f) {
   return "?";
 }
 
+// The backend of tensor-parallel rank `rank` for `device`: "cpu", "reference", "cuda" or "cuda:N" (rank r of
+// a group on "cuda" uses GPU r; on "cuda:N", GPU N + r).
+std::unique_ptr<Backend> make_backend(const std::string& device, int rank, int threads) {
+  if (device == "cpu") return make_cpu_backend(threads);
+  if (device == "reference") return make_reference_backend();
+#ifdef DSFUSE_HAVE_CUDA
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    int idx = 0;
+    if (device.size() > 5) {
+      size_t used = 0;
+      try {
+        idx = std::stoi(device.substr(5), &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      DSFUSE_CHECK(used > 0 && used == device.size() - 5 && idx >= 0, "device '", device, "': expected cuda:N");
+    }
+    idx += rank;
+    DSFUSE_CHECK(cuda_device_count() > idx, "device '", device, "'", rank ? cat(" (rank ", rank, ")") : "",
+                 ": no such CUDA device (", cuda_device_count(), " found)");
+    return make_cuda_backend(idx);
+  }
+  fail(cat("device '", device, "' is not available (this build supports: cpu, reference, cuda, cuda:N)"));
+#else
+  fail(cat("device '", device, "' is not available (this build supports: cpu, reference; built without CUDA)"));
+#endif
+}
+
 class ModelImpl final : public Model {
  public:
   ModelImpl(ModelConfig cfg, std::unique_ptr<Checkpoint> ck, const LoadOptions& opts)
@@ -244,13 +275,13 @@ class ModelImpl final : public Model {
     DSFUSE_CHECK(it != model_registry().end(), "no implementation registered for ", cfg_.architecture);
     for (const auto& name : ck_->names())
       if (name.size() > 20 && name.compare(name.size() - 20, 20, ".rotary_emb.inv_freq") == 0) ck_->mark_ignored(name);
+    DSFUSE_CHECK(n == 1 || opts.device == "cpu" || opts.device == "reference", "--tensor-parallel ", n, " on device '",
+                 opts.device, "' needs an NCCL communicator, which is not built yet (CPU ranks only)");
     if (n > 1) comms_ = make_inprocess_group(n);
     const int threads = opts.threads > 0 ? std::max(1, opts.threads / n) : 0;
     for (int r = 0; r < n; ++r) {
       Rank rank;
-      if (opts.device == "cpu") rank.be = make_cpu_backend(n > 1 && threads == 0 ? 1 : threads);
-      else if (opts.device == "reference") rank.be = make_reference_backend();
-      else fail(cat("device '", opts.device, "' is not available (this build supports: cpu, reference)"));
+      rank.be = make_backend(opts.device, r, n > 1 && threads == 0 ? 1 : threads);
       rank.wl = std::make_unique<WeightLoader>(*ck_, cfg_, parse_quant_type(opts.quant));
       rank.wl->set_backend(rank.be.get());
       if (n > 1) rank.wl->set_tp(TPInfo{r, n, comms_[static_cast<size_t>(r)].get()});
