@@ -12,7 +12,7 @@ LOG_DIR=${LOG_DIR:-$BUILD_DIR/gpu-logs}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
 
 # Build dependencies: use the system's when present, else unpack the carried .debs (no root, no apt).
-if ! pkg-config --exists libpcre2-8 libutf8proc libxxhash 2>/dev/null || [ ! -d /usr/include/nlohmann ] ||
+if ! pkg-config --exists libpcre2-8 libutf8proc libxxhash cpp-httplib 2>/dev/null || [ ! -d /usr/include/nlohmann ] ||
    [ ! -d /usr/include/gtest ] || [ ! -f /usr/include/CLI/CLI.hpp ]; then
   DEBS=${DSFUSE_DEBS:-../debs}
   [ -d "$DEBS" ] || { echo "missing dev packages and no DSFUSE_DEBS folder ($DEBS)"; exit 2; }
