@@ -136,7 +136,7 @@ TEST(Server, ModelsHealthChatAndCompletions) {
   const std::string stop = text.substr(6, 3);
   json cut = post(s, "/v1/completions", {{"prompt", "JULIET:"}, {"max_tokens", 40}, {"temperature", 0}, {"stop", stop}});
   EXPECT_EQ(cut["choices"][0]["finish_reason"], "stop");
-  EXPECT_EQ(cut["choices"][0]["text"], text.substr(0, text.find(stop)));
+  EXPECT_EQ(cut["choices"][0]["text"].get<std::string>(), text.substr(0, text.find(stop)));
   EXPECT_NE(c.Get("/")->body.find("<title>dsfuse chat</title>"), std::string::npos);
 }
 
@@ -162,7 +162,7 @@ TEST(Server, StreamingChunksUsageAndDone) {
   }
   json plain = post(s, "/v1/chat/completions",
                     {{"messages", {{{"role", "user"}, {"content", "ROMEO:"}}}}, {"max_tokens", 10}, {"temperature", 0}});
-  EXPECT_EQ(streamed, plain["choices"][0]["message"]["content"]);
+  EXPECT_EQ(streamed, plain["choices"][0]["message"]["content"].get<std::string>());
   auto t = stream(s, "/v1/completions", {{"prompt", "ROMEO:"}, {"max_tokens", 5}, {"stream", true}});
   EXPECT_EQ(t.back(), "[DONE]");
   EXPECT_EQ(json::parse(t[0])["object"], "text_completion");
