@@ -11,6 +11,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <cstdlib>
 
 #include "cli.h"
 #include "core/error.h"
@@ -76,13 +77,13 @@ int run_bench_serve(int argc, char** argv) {
       cl.set_read_timeout(600, 0);
       for (int i; (i = next++) < requests;) {
         json body = {{"model", model}, {"prompt", prompt_of(i)}, {"max_tokens", gen_len}, {"stream", true},
-                     {"ignore_eos", true}, {"temperature", 0}};
+                     {"ignore_eos", true}, {"temperature", 0}, {"stream_options", {{"include_usage", true}}}};
         const auto start = clock_type::now();
         auto last = start;
         bool first = true;
         std::vector<double> my_itl;
         double my_ttft = 0;
-        int64_t toks = 0;
+        int64_t toks = 0, usage_tokens = -1;
         std::string buf;
         httplib::Request req;
         req.method = "POST";
@@ -99,6 +100,10 @@ int run_bench_serve(int argc, char** argv) {
             if (ev.rfind("data: {", 0) != 0) continue;
             const auto now = clock_type::now();
             auto j = json::parse(ev.substr(6), nullptr, false);
+            if (!j.is_discarded() && j.contains("usage") && j["usage"].is_object())
+              usage_tokens = j["usage"]["completion_tokens"].get<int64_t>();
+            // Timing from chunks that carry text (a token whose bytes are not yet a whole character
+            // arrives with a later chunk); the token count from the final usage.
             if (j.is_discarded() || j["choices"].empty() || j["choices"][0]["text"].get<std::string>().empty()) continue;
             ++toks;
             if (first) my_ttft = std::chrono::duration<double>(now - start).count(), first = false;
@@ -112,7 +117,8 @@ int run_bench_serve(int argc, char** argv) {
           ++errors;
           continue;
         }
-        out_tokens += toks;
+        out_tokens += usage_tokens >= 0 ? usage_tokens : toks;
+        if (std::getenv("DSFUSE_BENCH_DEBUG")) std::fprintf(stderr, "request %d: %lld text chunks, usage %lld\n", i, static_cast<long long>(toks), static_cast<long long>(usage_tokens));
         std::lock_guard<std::mutex> lk(mu);
         ttft.push_back(my_ttft);
         itl.insert(itl.end(), my_itl.begin(), my_itl.end());
