@@ -205,6 +205,26 @@ TEST(Streaming, MultiByteReasoningAndStopStrings) {
   EXPECT_EQ(r.content, "\n\nAntwort: ");
 }
 
+// Checkpoints pad vocab_size past the tokenizer (R1-Distill-Qwen: 151,936 vs ~151,665 tokens): a sampled
+// padding id has no text and must not fail the request (or, before this was fixed, every running request).
+TEST(Streaming, IdsPastTheTokenizerVocabularyHaveNoText) {
+  DSFUSE_REQUIRE_FIXTURE(tdir, "tokenizers/deepseek_v3");
+  auto tk = tok::Tokenizer::load(tdir);
+  const int32_t pad = static_cast<int32_t>(tk.vocab_size()) + 3;
+  std::vector<int32_t> script = tk.encode("Hello there", false);
+  script.insert(script.begin() + 1, pad);
+  ScriptedModel m(script, static_cast<int>(tk.vocab_size()) + 16);
+  Engine engine(m, &tk);
+  EngineRequest req;
+  req.prompt_ids = {0};
+  req.sampling.temperature = 0;
+  req.max_new_tokens = static_cast<int>(script.size());
+  GenerateResult r = engine.generate(req);
+  EXPECT_EQ(r.ids, script);
+  EXPECT_EQ(r.text, "Hello there");
+  EXPECT_EQ(r.finish, FinishReason::Length);
+}
+
 TEST(TextStream, StopMatcherHoldsBackPartialMatches) {
   StopMatcher s({"</end>", "STOP"});
   EXPECT_EQ(s.push("hello </e"), "hello ");

@@ -286,9 +286,11 @@ bool Engine::Impl::step() {
     blocks->seal_full_blocks(w.s->tokens, w.s->computed, w.s->table, w.s->sealed, w.s->chain);
   }
 
-  // Postprocess: sample, stream, stop.
+  // Postprocess: sample, stream, stop. A failure here ends only the sequence it happened in.
+  const size_t impl_tok_vocab = tok ? tok->vocab_size() : 0;
   for (size_t k = 0; k < sampled.size(); ++k) {
     Seq& s = *sampled[k];
+    try {
     std::span<float> row(logits.data() + k * static_cast<size_t>(V), static_cast<size_t>(V));
     sampling::SampleResult sr;
     const int32_t tok_id = s.sampler->sample(row, s.tokens, s.num_prompt, &sr);
@@ -302,16 +304,20 @@ bool Engine::Impl::step() {
     if (eos) {
       why = FinishReason::Eos;
     } else {
-      text = s.detok ? s.stops->push(s.detok->push(tok_id)) : std::string();
+      // Ids past the tokenizer's vocabulary (checkpoints pad vocab_size) have no text.
+      if (s.detok && static_cast<size_t>(tok_id) < impl_tok_vocab) text = s.stops->push(s.detok->push(tok_id));
       if (s.stops && s.stops->stopped()) why = FinishReason::StopString;
       else if (s.generated >= s.req.max_new_tokens) why = FinishReason::Length;
       else if (static_cast<int64_t>(s.tokens.size()) >= model.max_context()) why = FinishReason::ContextLimit;
     }
     emit(s, text, tok_id, &sr, false, FinishReason::Length);
     if (why) {
-      s.cancelled = false;
       finish(s, *why);
       s.generated = -1;  // mark for removal
+    }
+    } catch (const std::exception& e) {
+      finish(s, FinishReason::Cancelled, std::string("request failed: ") + e.what());
+      s.generated = -1;
     }
   }
   std::erase_if(running, [](const auto& s) { return s->generated < 0; });
