@@ -106,6 +106,26 @@ class Staged final : public Backend {
     flush();
   }
 
+  void argmax_rows(TensorView ids, const TensorView& x) override {
+    in_->argmax_rows(dev(ids), dev(x));
+    flush();
+  }
+  void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs) override {
+    in_->copy_rows_segs(dev(dst), dev(src), segs);
+    flush();
+  }
+  void attention_segs(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, float scale,
+                      const std::vector<SeqSegment>& segs) override {
+    in_->attention_segs(dev(out), dev(q), dev(k), dev(v), scale, segs);
+    flush();
+  }
+  void mla_attention_segs(TensorView out, const TensorView& qn, const TensorView& qp, const TensorView& lat,
+                          const TensorView& kpe, const Linear& kv_b, float scale,
+                          const std::vector<SeqSegment>& segs) override {
+    in_->mla_attention_segs(dev(out), dev(qn), dev(qp), dev(lat), dev(kpe), in_->prepare(kv_b), scale, segs);
+    flush();
+  }
+
  private:
   TensorView dev(const TensorView& h) {
     if (h.empty()) return h;
@@ -275,6 +295,57 @@ TEST_P(BackendOps, MlaAttention) {
                        TensorView(kpe.data(), DType::F32, {S, R}), w, past, 0.3f);
     check(("mla_attention kv_b " + name).c_str(), a, b);
   }
+}
+
+TEST_P(BackendOps, ArgmaxRows) {
+  const int64_t R = 3, V = 70001;
+  auto x = randn(R * V, 11);
+  x[5] = 100.0f;                            // row 0: single maximum
+  x[V + 7] = x[V + 4000] = 50.0f;           // row 1: tie -> lowest index
+  x[2 * V + V - 1] = 1e30f;                 // row 2: last element
+  std::vector<int32_t> a(R), b(R);
+  be->argmax_rows(TensorView(a.data(), DType::I32, {R}), TensorView(x.data(), DType::F32, {R, V}));
+  ref->argmax_rows(TensorView(b.data(), DType::I32, {R}), TensorView(x.data(), DType::F32, {R, V}));
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a, (std::vector<int32_t>{5, 7, static_cast<int32_t>(V - 1)}));
+}
+
+// Several sequences in one call over a paged pool: prefill chunks and decode tokens mixed, tables out of order.
+TEST_P(BackendOps, SegmentedAttentionOverPagedPool) {
+  const int bs = 4;
+  const int64_t Hq = 4, Hkv = 2, D = 16, Dv = 16, rows = 64;
+  std::vector<int32_t> t0 = {9, 2, 1}, t1 = {5, 0}, t2 = {12, 3, 7, 8};
+  // seg 0: 3 new tokens after 5 cached; seg 1: 1 new token after 6; seg 2: 4 new tokens after 9 (contiguous-free)
+  std::vector<SeqSegment> segs = {{0, 3, 5, PagedRows{t0.data(), bs}}, {3, 1, 6, PagedRows{t1.data(), bs}},
+                                  {4, 4, 9, PagedRows{t2.data(), bs}}};
+  const int64_t T = 8;
+  auto q = randn(T * Hq * D, 1), kn = randn(T * Hkv * D, 2), vn = randn(T * Hkv * Dv, 3);
+  auto kp = randn(rows * Hkv * D, 4), vp = randn(rows * Hkv * Dv, 5);
+  auto kp2 = kp, vp2 = vp;
+  TensorView knv(kn.data(), DType::F32, {T, Hkv * D}), vnv(vn.data(), DType::F32, {T, Hkv * Dv});
+  be->copy_rows_segs(TensorView(kp.data(), DType::F32, {rows, Hkv * D}), knv, segs);
+  be->copy_rows_segs(TensorView(vp.data(), DType::F32, {rows, Hkv * Dv}), vnv, segs);
+  ref->copy_rows_segs(TensorView(kp2.data(), DType::F32, {rows, Hkv * D}), knv, segs);
+  ref->copy_rows_segs(TensorView(vp2.data(), DType::F32, {rows, Hkv * Dv}), vnv, segs);
+  check("copy_rows_segs", kp, kp2, 0);
+  std::vector<float> a(T * Hq * Dv), b(T * Hq * Dv);
+  TensorView qv(q.data(), DType::F32, {T, Hq, D});
+  be->attention_segs(TensorView(a.data(), DType::F32, {T, Hq, Dv}), qv, TensorView(kp2.data(), DType::F32, {rows, Hkv, D}),
+                     TensorView(vp2.data(), DType::F32, {rows, Hkv, Dv}), 0.25f, segs);
+  ref->attention_segs(TensorView(b.data(), DType::F32, {T, Hq, Dv}), qv, TensorView(kp2.data(), DType::F32, {rows, Hkv, D}),
+                      TensorView(vp2.data(), DType::F32, {rows, Hkv, Dv}), 0.25f, segs);
+  check("attention_segs paged", a, b);
+  // MLA over the same segments.
+  const int64_t H = 3, Dn = 8, R = 6, Dv2 = 10, C = 20;
+  auto qn = randn(T * H * Dn, 6), qp = randn(T * H * R, 7), lat = randn(rows * C, 8), kpe = randn(rows * R, 9);
+  WeightSet ws(H * (Dn + Dv2), C, 10);
+  const Linear& kvb = ws.all[1].second;
+  std::vector<float> c(T * H * Dv2), d(T * H * Dv2);
+  TensorView qnv(qn.data(), DType::F32, {T, H, Dn}), qpv(qp.data(), DType::F32, {T, H, R});
+  TensorView latv(lat.data(), DType::F32, {rows, C}), kpev(kpe.data(), DType::F32, {rows, R});
+  be->mla_attention_segs(TensorView(c.data(), DType::F32, {T, H, Dv2}), qnv, qpv, latv, kpev, kvb, 0.3f, segs);
+  ref->mla_attention_segs(TensorView(d.data(), DType::F32, {T, H, Dv2}), qnv, qpv, latv, kpev, kvb, 0.3f, segs);
+  check("mla_attention_segs paged", c, d);
 }
 
 TEST_P(BackendOps, MoeRoutingAndExperts) {

@@ -61,7 +61,7 @@ int run_bench(int argc, char** argv) {
   app.add_option("--batch", batch, "sequences run together (one batched forward per step)")->check(CLI::Range(1, 4096));
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   app.add_option("--repeat", repeat, "repetitions (medians reported)")->check(CLI::Range(1, 1000));
-  app.add_option("--device", device, "cpu or reference");
+  app.add_option("--device", device, "cpu, reference, cuda or cuda:N");
   app.add_option("--bandwidth-gbs", bw_override, "skip the probe and use this bandwidth (GB/s)");
   app.add_flag("--json", json_out, "print one JSON line at the end");
   CLI11_PARSE(app, argc, argv);
@@ -71,9 +71,16 @@ int run_bench(int argc, char** argv) {
   DSFUSE_CHECK(config.empty() || dummy, "bench: --config needs --dummy-weights (there are no weights to load)");
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
-  // Machine probes first (before the model occupies memory).
-  double bw = bw_override > 0 ? bw_override : bench::measure_bandwidth_gbs(threads);
-  const bench::FmaPeak peak = bench::measure_fma_peak(threads);
+  // Machine probes first (before the model occupies memory). On a GPU the bound is the device memory's
+  // streaming-read bandwidth, measured by the backend.
+  const bool gpu = device != "cpu" && device != "reference";
+  auto probe = [&] {
+    if (bw_override > 0) return bw_override;
+    if (!gpu) return bench::measure_bandwidth_gbs(threads);
+    return make_device_backend(device)->measure_bandwidth_gbs();
+  };
+  double bw = probe();
+  const bench::FmaPeak peak = gpu ? bench::FmaPeak{} : bench::measure_fma_peak(threads);
   bench::reset_peak_rss();  // the probe buffer is not the model's memory
 
   LoadOptions lo;
@@ -98,7 +105,6 @@ int run_bench(int argc, char** argv) {
   const int64_t L = prompt_len + gen_len;
   std::vector<int32_t> tables(static_cast<size_t>(batch));
   for (int b = 0; b < batch; ++b) tables[static_cast<size_t>(b)] = b;
-  std::vector<float> logits(static_cast<size_t>(batch) * static_cast<size_t>(V));
   std::vector<int32_t> ids, pos, next(static_cast<size_t>(batch));
   std::vector<int64_t> rows;
   auto run = [&](KVCache& pool, int64_t past, int64_t n, const std::function<int32_t(int, int64_t)>& token) {
@@ -113,11 +119,7 @@ int run_bench(int argc, char** argv) {
     bt.ids = ids.data();
     bt.positions = pos.data();
     bt.T = static_cast<int64_t>(ids.size());
-    bm.forward_batch(bt, pool, rows, logits.data());
-    for (int b = 0; b < batch; ++b) {
-      const float* row = logits.data() + static_cast<size_t>(b) * V;
-      next[static_cast<size_t>(b)] = static_cast<int32_t>(std::max_element(row, row + V) - row);
-    }
+    bm.forward_batch_greedy(bt, pool, rows, next.data());  // greedy on the device: only ids come back
   };
   for (int r = 0; r < repeat; ++r) {
     auto pool = bm.new_cache(L * batch);
@@ -140,7 +142,7 @@ int run_bench(int argc, char** argv) {
   // The probe again after the runs (the model's memory is in use, but the buffer is far larger than
   // L3 either way): other processes sharing the machine lower single probes, and the bound should be
   // the machine's, so the best of both is kept (both are printed).
-  const double bw_after = bw_override > 0 ? bw_override : bench::measure_bandwidth_gbs(threads);
+  const double bw_after = gpu ? bw : probe();
   const double bw_before = bw;
   bw = std::max(bw_before, bw_after);
   const Stat pre = summarize(pre_tps), dec = summarize(dec_tps), ttft = summarize(ttft_ms);
@@ -163,10 +165,12 @@ int run_bench(int argc, char** argv) {
               bw_after);
   std::printf("  bound (bw / bytes)       %.2f tok/s  -> decode at %.1f%% of the bound\n", bound,
               bound > 0 ? 100 * dec.med / bound : 0.0);
-  std::printf("  FMA peak (%s)          %.1f GFLOP/s measured (%.2f GHz x %d flop/cycle/core x %d cores)\n",
-              peak.isa.c_str(), peak.measured_gflops, peak.ghz, peak.flops_per_cycle, threads);
-  std::printf("  prefill                  %.1f GFLOP/s = %.1f%% of the FMA peak\n", prefill_gflops,
-              100 * prefill_gflops / peak.measured_gflops);
+  if (!gpu) {
+    std::printf("  FMA peak (%s)          %.1f GFLOP/s measured (%.2f GHz x %d flop/cycle/core x %d cores)\n",
+                peak.isa.c_str(), peak.measured_gflops, peak.ghz, peak.flops_per_cycle, threads);
+    std::printf("  prefill                  %.1f GFLOP/s = %.1f%% of the FMA peak\n", prefill_gflops,
+                100 * prefill_gflops / peak.measured_gflops);
+  }
   std::printf("  peak RSS                 %.0f MB\n", rss);
 
   if (json_out) {
@@ -197,7 +201,8 @@ int run_bench(int argc, char** argv) {
                         {"clock_ghz", peak.ghz},
                         {"flops_per_cycle_per_core", peak.flops_per_cycle},
                         {"prefill_gflops", prefill_gflops},
-                        {"prefill_fraction_of_fma_peak", prefill_gflops / peak.measured_gflops},
+                        {"prefill_fraction_of_fma_peak", gpu ? 0.0 : prefill_gflops / peak.measured_gflops},
+                        {"device", device},
                         {"load_s", load_s}};
     std::printf("%s\n", j.dump().c_str());
   }

@@ -68,6 +68,13 @@ struct PagedRows {
   }
 };
 
+// One sequence's slice of a batch: tokens [t0, t0 + n) of the batch sit at positions past..past+n-1 of
+// that sequence, whose cached rows are mapped by `rows` (a block table, or contiguous).
+struct SeqSegment {
+  int64_t t0 = 0, n = 0, past = 0;
+  PagedRows rows;
+};
+
 // One routed expert: SwiGLU MLP.
 struct ExpertWeights {
   Linear gate, up, down;  // gate/up [I, H], down [H, I]
@@ -125,6 +132,40 @@ class Backend {
   // Experts with empty weights are skipped (owned by another expert-parallel rank).
   virtual void moe_experts(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
                            const std::vector<ExpertWeights>& experts) = 0;
+
+  // ids[r] = argmax_j x[r, j] (lowest j on ties)  // ids [R] i32, x [R, V] f32
+  virtual void argmax_rows(TensorView ids, const TensorView& x);
+
+  // Batched forms over every segment of a batch (one launch on a device backend); the defaults loop over
+  // the segments with the single-sequence ops above.
+  // dst[seg.rows.phys(seg.past + i)] = src[seg.t0 + i]  // src [T, D] strided, dst [S, D]
+  virtual void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs);
+  // attention() per segment  // out [T, Hq, Dv], q [T, Hq, D], k/v pools [S, Hkv, D|Dv]
+  virtual void attention_segs(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v,
+                              float scale, const std::vector<SeqSegment>& segs);
+  // mla_attention() per segment
+  virtual void mla_attention_segs(TensorView out, const TensorView& q_nope, const TensorView& q_pe,
+                                  const TensorView& latent, const TensorView& k_pe, const Linear& kv_b, float scale,
+                                  const std::vector<SeqSegment>& segs);
+
+  // Step inputs: the host arrays every layer of one forward reads (token ids [T], positions [T], the
+  // segments and their block tables). A device backend uploads them once here; ops later given the same
+  // pointers use that copy. Valid until the next begin_step.
+  virtual void begin_step(const int32_t* /*ids*/, const int32_t* /*positions*/, int64_t /*T*/,
+                          const std::vector<SeqSegment>* /*segs*/) {}
+
+  // Step graphs (CUDA graphs): a forward whose launches depend only on `key` (same shapes, same buffers; the
+  // step inputs are read from device memory) can be recorded once and replayed. graph_launch replays the
+  // graph recorded for `key` and returns true, or returns false (nothing recorded yet). graph_begin starts
+  // recording the ops that follow when `key` has been seen before (the first forward of a shape runs plainly,
+  // warming every cache), graph_end stops recording and runs what was recorded. The defaults do nothing.
+  virtual bool graph_launch(uint64_t /*key*/) { return false; }
+  virtual void graph_begin(uint64_t /*key*/) {}
+  virtual void graph_end() {}
+
+  // GB/s of a large streaming read of this device's memory (0: not measured by the backend; `dsfuse bench`
+  // then probes host memory).
+  virtual double measure_bandwidth_gbs() { return 0; }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int threads = 0);

@@ -50,9 +50,10 @@ class Arena {
   size_t used() const { return used_; }
   size_t capacity() const { return ext_ ? ext_size_ : buf_.size(); }
   size_t high_water() const { return high_; }
+  // Start of the memory (changes only when reserve() reallocates).
+  char* base() const { return ext_ ? static_cast<char*>(ext_) : static_cast<char*>(buf_.data()); }
 
  private:
-  char* base() const { return ext_ ? static_cast<char*>(ext_) : static_cast<char*>(buf_.data()); }
   Buffer buf_;
   AllocFn alloc_;
   FreeFn free_;

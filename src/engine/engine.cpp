@@ -270,9 +270,19 @@ bool Engine::Impl::step() {
   b.positions = pos.data();
   b.T = static_cast<int64_t>(ids.size());
   const int V = model.vocab_size();
-  logits.resize(logit_rows.size() * static_cast<size_t>(V));
+  // Greedy fast path: when every sampled sequence takes the plain argmax (temperature 0, no penalties, no
+  // logprobs), the choice is made on the device and only the ids come back.
+  bool greedy = !sampled.empty();
+  for (const Seq* q : sampled) {
+    const auto& sp = q->sampler->params();
+    greedy = greedy && sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
+             sp.frequency_penalty == 0.0f && sp.logprobs < 0;
+  }
+  std::vector<int32_t> greedy_ids(greedy ? sampled.size() : 0);
+  if (!greedy) logits.resize(logit_rows.size() * static_cast<size_t>(V));
   try {
-    model.forward_batch(b, *pool, logit_rows, logits.data());
+    if (greedy) model.forward_batch_greedy(b, *pool, logit_rows, greedy_ids.data());
+    else model.forward_batch(b, *pool, logit_rows, logits.data());
   } catch (const std::exception& e) {
     for (const Work& w : work) w.s->cancelled = true;
     for (auto& s : running)
@@ -291,9 +301,15 @@ bool Engine::Impl::step() {
   for (size_t k = 0; k < sampled.size(); ++k) {
     Seq& s = *sampled[k];
     try {
-    std::span<float> row(logits.data() + k * static_cast<size_t>(V), static_cast<size_t>(V));
     sampling::SampleResult sr;
-    const int32_t tok_id = s.sampler->sample(row, s.tokens, s.num_prompt, &sr);
+    int32_t tok_id;
+    if (greedy) {
+      tok_id = sr.token = greedy_ids[k];
+      DSFUSE_CHECK(tok_id >= 0 && tok_id < V, "greedy id ", tok_id, " out of range");
+    } else {
+      std::span<float> row(logits.data() + k * static_cast<size_t>(V), static_cast<size_t>(V));
+      tok_id = s.sampler->sample(row, s.tokens, s.num_prompt, &sr);
+    }
     s.tokens.push_back(tok_id);
     ++s.generated;
     ++st.generated_tokens;

@@ -70,14 +70,10 @@ class DeepseekModel final : public CausalLM {
         }
         if (e.n_shared_experts > 0) {
           const int64_t Is = static_cast<int64_t>(e.moe_intermediate_size) * e.n_shared_experts;
-          L.shared.gate = wl.linear(p + "mlp.shared_experts.gate_proj", Is, Hd, false, Split::Column);
-          L.shared.up = wl.linear(p + "mlp.shared_experts.up_proj", Is, Hd, false, Split::Column);
-          L.shared.down = wl.linear(p + "mlp.shared_experts.down_proj", Hd, Is, false, Split::Row);
+          L.shared = load_mlp(wl, p + "mlp.shared_experts", Is, Hd);
         }
       } else {
-        L.mlp.gate = wl.linear(p + "mlp.gate_proj", cfg_.intermediate_size, Hd, false, Split::Column);
-        L.mlp.up = wl.linear(p + "mlp.up_proj", cfg_.intermediate_size, Hd, false, Split::Column);
-        L.mlp.down = wl.linear(p + "mlp.down_proj", Hd, cfg_.intermediate_size, false, Split::Row);
+        L.mlp = load_mlp(wl, p + "mlp", cfg_.intermediate_size, Hd);
       }
       layers_.push_back(std::move(L));
     }
@@ -173,19 +169,16 @@ class DeepseekModel final : public CausalLM {
       kpe2.shape = {T, R, 0, 0};
       kpe2.stride = {C + R, 1, 0, 0};
 
-      // Attention (absorbed), per sequence  // q_nope [T, NH, Dn], q_pe [T, NH, R] -> out [T, NH, Dv]
+      // Attention (absorbed), every sequence in one call  // q_nope [T, NH, Dn], q_pe [T, NH, R] -> out [T, NH, Dv]
       TensorView q_nope = q;
       q_nope.shape[2] = Dn;
       TensorView q_pe = q;
       q_pe.data = q.ptr<float>() + Dn;
       q_pe.shape[2] = R;
       TensorView attn = arena_.alloc(DType::F32, {T, NH, Dv});
-      for (const SeqSegment& s : b.segs) {
-        be_.copy_rows(lat_c, s.past, latent.rows(s.t0, s.t0 + s.n), s.rows);
-        be_.copy_rows(kpe_c, s.past, kpe2.rows(s.t0, s.t0 + s.n), s.rows);
-        be_.mla_attention(attn.rows(s.t0, s.t0 + s.n), q_nope.rows(s.t0, s.t0 + s.n), q_pe.rows(s.t0, s.t0 + s.n),
-                          lat_c, kpe_c, L.kv_b, s.past, scale_, s.rows);
-      }
+      be_.copy_rows_segs(lat_c, latent, b.segs);
+      be_.copy_rows_segs(kpe_c, kpe2, b.segs);
+      be_.mla_attention_segs(attn, q_nope, q_pe, lat_c, kpe_c, L.kv_b, scale_, b.segs);
       TensorView o = arena_.alloc(DType::F32, {T, Hd});
       be_.linear(o, attn.reshape({T, NH * Dv}), L.o);
       all_reduce(o);
@@ -201,7 +194,7 @@ class DeepseekModel final : public CausalLM {
         TensorView wts = arena_.alloc(DType::F32, {T, K});
         be_.moe_route(ids, wts, logits, L.router_bias, router_);
         be_.moe_experts(o, h, ids, wts, L.experts);
-        if (!L.shared.gate.empty()) {
+        if (!L.shared.down.empty()) {
           TensorView so = arena_.alloc(DType::F32, {T, Hd});
           mlp(so, h, L.shared);
           be_.add(o, so);

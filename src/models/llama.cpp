@@ -22,13 +22,16 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : 
     Layer L;
     L.attn_norm = wl.vector(p + "input_layernorm.weight", H);
     L.mlp_norm = wl.vector(p + "post_attention_layernorm.weight", H);
-    L.q = wl.linear(p + "self_attn.q_proj", q_full, H, cfg_.qkv_bias, Split::Column);
-    L.k = wl.linear(p + "self_attn.k_proj", kv_full, H, cfg_.qkv_bias, Split::Column);
-    L.v = wl.linear(p + "self_attn.v_proj", kv_full, H, cfg_.qkv_bias, Split::Column);
+    L.qkv = wl.linear_fused({{p + "self_attn.q_proj", q_full}, {p + "self_attn.k_proj", kv_full},
+                             {p + "self_attn.v_proj", kv_full}},
+                            H, cfg_.qkv_bias, Split::Column);
+    if (L.qkv.empty()) {
+      L.q = wl.linear(p + "self_attn.q_proj", q_full, H, cfg_.qkv_bias, Split::Column);
+      L.k = wl.linear(p + "self_attn.k_proj", kv_full, H, cfg_.qkv_bias, Split::Column);
+      L.v = wl.linear(p + "self_attn.v_proj", kv_full, H, cfg_.qkv_bias, Split::Column);
+    }
     L.o = wl.linear(p + "self_attn.o_proj", H, q_full, cfg_.attention_bias, Split::Row);
-    L.mlp.gate = wl.linear(p + "mlp.gate_proj", I, H, cfg_.mlp_bias, Split::Column);
-    L.mlp.up = wl.linear(p + "mlp.up_proj", I, H, cfg_.mlp_bias, Split::Column);
-    L.mlp.down = wl.linear(p + "mlp.down_proj", H, I, cfg_.mlp_bias, Split::Row);
+    L.mlp = load_mlp(wl, p + "mlp", I, H, cfg_.mlp_bias);
     layers_.push_back(std::move(L));
   }
   rope_ = make_rope_table(cfg_.rope, static_cast<int>(D));
@@ -57,23 +60,44 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
     const Layer& L = layers_[l];
     TensorView h = arena_.alloc(DType::F32, {T, H});
     be_.rms_norm(h, x, L.attn_norm, eps);
-    TensorView q = arena_.alloc(DType::F32, {T, Hq, D});
-    TensorView k = arena_.alloc(DType::F32, {T, Hkv, D});
-    TensorView v = arena_.alloc(DType::F32, {T, Hkv, D});
-    be_.linear(q.reshape({T, Hq * D}), h, L.q);  // [T, Hq*D]
-    be_.linear(k.reshape({T, Hkv * D}), h, L.k);  // [T, Hkv*D]
-    be_.linear(v.reshape({T, Hkv * D}), h, L.v);  // [T, Hkv*D]
+    TensorView q, k, v;  // [T, Hq, D], [T, Hkv, D] x 2
+    if (!L.qkv.empty()) {  // one GEMM, then strided views of its columns  // qkv [T, (Hq + 2 Hkv) * D]
+      const int64_t W = (Hq + 2 * Hkv) * D;
+      TensorView qkv = arena_.alloc(DType::F32, {T, W});
+      be_.linear(qkv, h, L.qkv);
+      auto heads = [&](int64_t c0, int64_t n) {
+        TensorView t = qkv;
+        t.data = qkv.ptr<float>() + c0;
+        t.ndim = 3;
+        t.shape = {T, n, D, 0};
+        t.stride = {W, D, 1, 0};
+        return t;
+      };
+      q = heads(0, Hq);
+      k = heads(Hq * D, Hkv);
+      v = heads((Hq + Hkv) * D, Hkv);
+    } else {
+      q = arena_.alloc(DType::F32, {T, Hq, D});
+      k = arena_.alloc(DType::F32, {T, Hkv, D});
+      v = arena_.alloc(DType::F32, {T, Hkv, D});
+      be_.linear(q.reshape({T, Hq * D}), h, L.q);  // [T, Hq*D]
+      be_.linear(k.reshape({T, Hkv * D}), h, L.k);  // [T, Hkv*D]
+      be_.linear(v.reshape({T, Hkv * D}), h, L.v);  // [T, Hkv*D]
+    }
     be_.rope(q, 0, rope_, RopeStyle::Neox, b.positions);
     be_.rope(k, 0, rope_, RopeStyle::Neox, b.positions);
     TensorView kc = kv.k(static_cast<int>(l)), vc = kv.v(static_cast<int>(l));  // pool [rows, Hkv*D]
     const int64_t R = kc.shape[0];
     TensorView attn = arena_.alloc(DType::F32, {T, Hq, D});
-    for (const SeqSegment& s : b.segs) {
-      be_.copy_rows(kc, s.past, k.reshape({T, Hkv * D}).rows(s.t0, s.t0 + s.n), s.rows);
-      be_.copy_rows(vc, s.past, v.reshape({T, Hkv * D}).rows(s.t0, s.t0 + s.n), s.rows);
-      be_.attention(attn.rows(s.t0, s.t0 + s.n), q.rows(s.t0, s.t0 + s.n), kc.reshape({R, Hkv, D}),
-                    vc.reshape({R, Hkv, D}), s.past, scale, s.rows);
-    }
+    auto flat = [&](TensorView t) {  // [T, Hkv, D] (row stride kept) -> [T, Hkv * D]
+      t.ndim = 2;
+      t.shape = {T, Hkv * D, 0, 0};
+      t.stride = {t.stride[0], 1, 0, 0};
+      return t;
+    };
+    be_.copy_rows_segs(kc, flat(k), b.segs);
+    be_.copy_rows_segs(vc, flat(v), b.segs);
+    be_.attention_segs(attn, q, kc.reshape({R, Hkv, D}), vc.reshape({R, Hkv, D}), scale, b.segs);
     TensorView o = arena_.alloc(DType::F32, {T, H});
     be_.linear(o, attn.reshape({T, Hq * D}), L.o);
     all_reduce(o);

@@ -19,6 +19,7 @@ class LlamaModel : public CausalLM {
   struct Layer {
     TensorView attn_norm, mlp_norm;
     Linear q, k, v, o;
+    Linear qkv;  // [q + 2 kv, H] on device backends (q/k/v then empty)
     MlpWeights mlp;
   };
   std::vector<Layer> layers_;

@@ -79,6 +79,47 @@ Linear WeightLoader::linear(const std::string& name, int64_t N, int64_t K, bool 
   return be_ ? be_->prepare(l) : l;
 }
 
+Linear WeightLoader::linear_fused(const std::vector<std::pair<std::string, int64_t>>& parts, int64_t K, bool bias,
+                                  Split split) {
+  if (!be_ || be_->device().kind == DeviceKind::CPU || quant_ != QuantType::None) return {};
+  std::vector<Linear> ls;
+  int64_t N = 0;
+  for (const auto& [name, n] : parts) {
+    ls.push_back(shard(load_linear(name, n, K, bias), name, split));
+    const Linear& l = ls.back();
+    if (l.w.dtype == DType::F8E4M3 || l.w.dtype != ls[0].w.dtype || l.w.stride[1] != 1 ||
+        l.bias.empty() != ls[0].bias.empty() || (!l.bias.empty() && l.bias.dtype != ls[0].bias.dtype))
+      return {};
+    N += l.out_features();
+  }
+  const int64_t Kl = ls[0].in_features();
+  const size_t es = dtype_size(ls[0].w.dtype);
+  auto buf = std::make_unique<Buffer>(static_cast<size_t>(N * Kl) * es);
+  std::unique_ptr<Buffer> bbuf;
+  if (!ls[0].bias.empty()) bbuf = std::make_unique<Buffer>(static_cast<size_t>(N) * dtype_size(ls[0].bias.dtype));
+  int64_t r = 0;
+  for (const Linear& l : ls) {
+    for (int64_t n = 0; n < l.out_features(); ++n)
+      std::memcpy(static_cast<char*>(buf->data()) + (r + n) * Kl * static_cast<int64_t>(es),
+                  static_cast<const char*>(l.w.data) + n * l.w.stride[0] * static_cast<int64_t>(es),
+                  static_cast<size_t>(Kl) * es);
+    if (bbuf) {
+      const size_t bes = dtype_size(l.bias.dtype);
+      for (int64_t n = 0; n < l.out_features(); ++n)
+        std::memcpy(static_cast<char*>(bbuf->data()) + (r + n) * bes,
+                    static_cast<const char*>(l.bias.data) + n * l.bias.stride[0] * static_cast<int64_t>(bes), bes);
+    }
+    r += l.out_features();
+  }
+  Linear f;
+  f.w = TensorView(buf->data(), ls[0].w.dtype, {N, Kl});
+  if (bbuf) f.bias = TensorView(bbuf->data(), ls[0].bias.dtype, {N});
+  Linear out = be_->prepare(f);  // device copy: the host buffers can go
+  if (ck_.is_synthetic() && tp_.size == 1)
+    for (const auto& p : parts) ck_.release(p.first + ".weight");
+  return out;
+}
+
 Linear WeightLoader::linear_exact(const std::string& name, int64_t N, int64_t K, bool bias, Split split) {
   Linear l = shard(load_linear(name, N, K, bias), name, split);
   return be_ ? be_->prepare(l) : l;
@@ -143,8 +184,32 @@ void CausalLM::load_common(WeightLoader& wl) {
   }
 }
 
+MlpWeights CausalLM::load_mlp(WeightLoader& wl, const std::string& prefix, int64_t I, int64_t H, bool bias) {
+  MlpWeights m;
+  m.gate_up = wl.linear_fused({{prefix + ".gate_proj", I}, {prefix + ".up_proj", I}}, H, bias, Split::Column);
+  if (m.gate_up.empty()) {
+    m.gate = wl.linear(prefix + ".gate_proj", I, H, bias, Split::Column);
+    m.up = wl.linear(prefix + ".up_proj", I, H, bias, Split::Column);
+  }
+  m.down = wl.linear(prefix + ".down_proj", H, I, bias, Split::Row);
+  return m;
+}
+
 void CausalLM::mlp(TensorView out, const TensorView& x, const MlpWeights& w) {
-  const int64_t T = x.shape[0], I = w.gate.out_features();
+  const int64_t T = x.shape[0];
+  if (!w.gate_up.empty()) {  // one GEMM for both halves  // gu [T, 2I] -> silu(gate) * up in the gate half
+    const int64_t I = w.inter();
+    TensorView gu = arena_.alloc(DType::F32, {T, 2 * I});
+    be_.linear(gu, x, w.gate_up);
+    TensorView g = gu, u = gu;
+    g.shape[1] = I;
+    u.shape[1] = I;
+    u.data = gu.ptr<float>() + I;
+    be_.silu_mul(g, g, u);
+    be_.linear(out, g, w.down);
+    return;
+  }
+  const int64_t I = w.gate.out_features();
   TensorView g = arena_.alloc(DType::F32, {T, I});
   TensorView u = arena_.alloc(DType::F32, {T, I});
   be_.linear(g, x, w.gate);
@@ -174,30 +239,85 @@ void forward_sequence(BatchModel& m, const int32_t* ids, int64_t T, KVCache& cac
   cache.set_length(past + T);
 }
 
+void BatchModel::forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                                      int32_t* ids) {
+  const size_t V = static_cast<size_t>(vocab_size());
+  std::vector<float> logits(logit_rows.size() * V);
+  forward_batch(b, pool, logit_rows, logits.data());
+  for (size_t i = 0; i < logit_rows.size(); ++i) {
+    const float* r = logits.data() + i * V;
+    ids[i] = static_cast<int32_t>(std::max_element(r, r + V) - r);
+  }
+}
+
 void CausalLM::forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) {
+  const TensorView out = forward_logits(b, pool, logit_rows);
+  if (logits && !out.empty()) be_.copy_to_host(logits, out.data, out.nbytes());
+}
+
+void CausalLM::forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                                    int32_t* ids) {
+  const TensorView out = forward_logits(b, pool, logit_rows);
+  if (out.empty()) return;
+  const int64_t L = out.shape[0];
+  TensorView d_ids = arena_.alloc(DType::I32, {L});
+  be_.argmax_rows(d_ids, out);
+  if (ids) be_.copy_to_host(ids, d_ids.data, d_ids.nbytes());
+}
+
+TensorView CausalLM::forward_logits(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows) {
   const int64_t T = b.T, H = cfg_.hidden_size, V = cfg_.vocab_size;
   const int64_t L = static_cast<int64_t>(logit_rows.size());
   int64_t S = 0;
   for (const auto& s : b.segs) S = std::max(S, s.past + s.n);
-  arena_.reserve((static_cast<size_t>(T * H + L * (H + 2 * V)) + layer_workspace_floats(T, S)) * sizeof(float) + 64 * 64);
+  arena_.reserve((static_cast<size_t>(T * H + L * (H + 2 * V + 1)) + layer_workspace_floats(T, S)) * sizeof(float) +
+                 64 * 64);
   arena_.reset();
-  TensorView x = arena_.alloc(DType::F32, {T, H});
-  be_.embedding(x, embed_, b.ids, T);
-  layers(x, b, pool);
-  if (L == 0) return;
-  // Final norm and head only for the rows whose logits are wanted.  // xl [L, H] -> out [L, V]
-  TensorView xl = arena_.alloc(DType::F32, {L, H});
-  for (int64_t i = 0; i < L; ++i) be_.copy_rows(xl, i, x.rows(logit_rows[i], logit_rows[i] + 1));
-  be_.rms_norm(xl, xl, final_norm_, static_cast<float>(cfg_.rms_norm_eps));
-  TensorView out = arena_.alloc(DType::F32, {L, V});
-  if (tp_.comm) {  // [L, V / size] per rank -> [L, V]
-    TensorView part = arena_.alloc(DType::F32, {L, lm_head_.out_features()});
-    be_.linear(part, xl, lm_head_);
-    tp_.comm->all_gather_cols(out, part);
-  } else {
-    be_.linear(out, xl, lm_head_);
+  be_.begin_step(b.ids, b.positions, T, &b.segs);
+  // Decode steps (one new token per sequence) launch the same kernels on the same buffers whenever the batch
+  // size, the logit rows, the arena and the KV pool are the same: the backend may record them once as a
+  // graph and replay it (step inputs are read from device memory).
+  bool decode = T <= 512 && !tp_.comm && L > 0;
+  for (const auto& s : b.segs) decode = decode && s.n == 1;
+  uint64_t key = 0;
+  if (decode) {
+    auto mix = [&key](uint64_t v) { key = (key ^ v) * 0x100000001b3ull + 0x9e3779b97f4a7c15ull; };
+    mix(static_cast<uint64_t>(T));
+    mix(reinterpret_cast<uintptr_t>(arena_.base()));
+    mix(reinterpret_cast<uintptr_t>(pool.k(0).data));
+    for (int64_t r : logit_rows) mix(static_cast<uint64_t>(r));
   }
-  if (logits) be_.copy_to_host(logits, out.data, out.nbytes());
+  TensorView x = arena_.alloc(DType::F32, {T, H});
+  TensorView xl, out;
+  auto run = [&] {
+    be_.embedding(x, embed_, b.ids, T);
+    layers(x, b, pool);
+    if (L == 0) return;
+    // Final norm and head only for the rows whose logits are wanted.  // xl [L, H] -> out [L, V]
+    xl = arena_.alloc(DType::F32, {L, H});
+    for (int64_t i = 0; i < L; ++i) be_.copy_rows(xl, i, x.rows(logit_rows[i], logit_rows[i] + 1));
+    be_.rms_norm(xl, xl, final_norm_, static_cast<float>(cfg_.rms_norm_eps));
+    out = arena_.alloc(DType::F32, {L, V});
+    if (tp_.comm) {  // [L, V / size] per rank -> [L, V]
+      TensorView part = arena_.alloc(DType::F32, {L, lm_head_.out_features()});
+      be_.linear(part, xl, lm_head_);
+      tp_.comm->all_gather_cols(out, part);
+    } else {
+      be_.linear(out, xl, lm_head_);
+    }
+  };
+  if (decode && be_.graph_launch(key)) {
+    // Replayed: the recorded run's buffers, allocated again in the same order (the layers leave the arena as
+    // they found it).
+    xl = arena_.alloc(DType::F32, {L, H});
+    out = arena_.alloc(DType::F32, {L, V});
+  } else {
+    if (decode) be_.graph_begin(key);
+    run();
+    if (decode) be_.graph_end();
+  }
+  if (L == 0) return TensorView();
+  return out;
 }
 
 // ---------------------------------------------------------------- registry
@@ -362,6 +482,10 @@ class ModelImpl final : public Model {
 };
 
 }  // namespace
+
+std::unique_ptr<Backend> make_device_backend(const std::string& device, int rank, int threads) {
+  return make_backend(device, rank, threads);
+}
 
 BatchModel& batch_model(Model& m) {
   auto* impl = dynamic_cast<ModelImpl*>(&m);

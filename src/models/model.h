@@ -40,6 +40,11 @@ class WeightLoader {
   // N x K are the full (unsharded) dims; `split` returns this rank's shard (a row split keeps the bias on
   // rank 0 only, since partial sums are added up).
   Linear linear(const std::string& name, int64_t N, int64_t K, bool bias = false, Split split = Split::None);
+  // Several matrices with the same input, stacked by rows into one [sum N, K] matrix (q/k/v, gate/up), each
+  // part sharded first. Only for device backends without quantization (one wide GEMV instead of several
+  // narrow ones); returns an empty Linear otherwise (or for FP8 / mixed dtypes): the caller loads the parts.
+  Linear linear_fused(const std::vector<std::pair<std::string, int64_t>>& parts, int64_t K, bool bias = false,
+                      Split split = Split::None);
   // Like linear() but never quantized (router gates, lm_head: small or accuracy-critical).
   Linear linear_exact(const std::string& name, int64_t N, int64_t K, bool bias = false, Split split = Split::None);
   TensorView vector(const std::string& name, int64_t n);   // norms, biases: float types only
@@ -67,13 +72,8 @@ class WeightLoader {
 
 struct MlpWeights {
   Linear gate, up, down;
-};
-
-// One sequence's slice of a batch: tokens [t0, t0 + n) of the batch sit at positions past..past+n-1 of
-// that sequence, whose cached rows are mapped by `rows` (a block table, or contiguous).
-struct SeqSegment {
-  int64_t t0 = 0, n = 0, past = 0;
-  PagedRows rows;
+  Linear gate_up;  // [2I, H] gate rows then up rows (device backends; gate/up then empty)
+  int64_t inter() const { return gate_up.empty() ? gate.out_features() : gate_up.out_features() / 2; }
 };
 
 // A forward batch: tokens of several sequences concatenated; positions per token.
@@ -93,6 +93,10 @@ class BatchModel {
   virtual std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const = 0;
   virtual void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
                              float* logits) = 0;
+  // Like forward_batch, but writes only the greedy choice (argmax, lowest id on ties) of each logit row: on a
+  // device backend only the ids leave the device. The default copies the logits and takes argmax on the host.
+  virtual void forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                                    int32_t* ids);
 };
 
 // The batched model behind a Model returned by Model::load / load_dummy.
@@ -121,13 +125,19 @@ class CausalLM : public BatchModel {
   // memory; null: not copied, as on tensor-parallel ranks > 0) of the batch tokens listed in `logit_rows`.
   // The caller has checked ids and capacity.
   void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) override;
+  void forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                            int32_t* ids) override;
 
  protected:
   // x [T, H] holds the embeddings on entry; runs every decoder layer in place, writing each segment's
   // new keys/values into `kv` and attending over its cached rows.
   virtual void layers(TensorView x, const Batch& b, KVCache& kv) = 0;
+  // The forward pass; returns the logits [rows.size(), V] in backend memory (empty when no rows are wanted).
+  TensorView forward_logits(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows);
   // Shared building blocks.
   void mlp(TensorView out, const TensorView& x, const MlpWeights& w);  // SwiGLU
+  // Loads gate/up (fused on device backends) and down of a SwiGLU MLP under `prefix` (".gate_proj" ...).
+  MlpWeights load_mlp(WeightLoader& wl, const std::string& prefix, int64_t I, int64_t H, bool bias = false);
   void load_common(WeightLoader& wl);  // embeddings, final norm, lm_head (tied or not)
   // Floats of arena workspace the layers need for T new tokens over S cached positions.
   virtual size_t layer_workspace_floats(int64_t T, int64_t S) const = 0;
@@ -144,6 +154,9 @@ class CausalLM : public BatchModel {
   TensorView embed_, final_norm_;
   Linear lm_head_;
 };
+
+// The backend for `device` ("cpu", "reference", "cuda", "cuda:N"; tensor-parallel rank `rank` of a group).
+std::unique_ptr<Backend> make_device_backend(const std::string& device, int rank = 0, int threads = 0);
 
 // The one place architectures are registered: config.architectures[0] -> factory.
 const std::map<std::string, ModelFactory>& model_registry();

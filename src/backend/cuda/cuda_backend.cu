@@ -1,115 +1,41 @@
-// CUDA backend: device memory, one stream, cuBLAS GEMMs, a streaming GEMV for decode and simple kernels
-// for the rest. Weights are uploaded by prepare() (f32/bf16/f16 as stored, FP8 with its block scales,
-// int8 dequantized to f32); DSFUSE_CUDA_F32=1 upcasts every weight to f32 so GEMMs run in f32 (tests).
-// linear: T <= 8 -> one-warp-per-row GEMV streaming the stored weight (FP8 block dequant in-kernel, f32
-// activations and accumulation); T > 8 -> cuBLAS: bf16/FP8 (FP8 dequantized to exact bf16 in scratch) as two
-// bf16 GEMMs over the hi/lo split of the activations, f32/f16 as an f32 GEMM (no TF32).
-// Host-pointer arguments (ids, positions, block tables) are staged into per-op device scratch.
+// CUDA backend: device memory, one stream, cuBLAS GEMMs, streaming GEMVs for decode and simple kernels for
+// the rest (the fast paths' kernels are in kernels.cu). Weights are uploaded by prepare() (f32/bf16/f16 as
+// stored, FP8 with its block scales, int8 dequantized to f32); DSFUSE_CUDA_F32=1 upcasts every weight to f32
+// so GEMMs run in f32 (tests).
+// linear: T <= 8 -> one-warp-per-row GEMV streaming the stored weight (16-byte loads for bf16, FP8 block
+// dequant in-kernel, f32 activations and accumulation); T > 8 -> cuBLAS: bf16/FP8 (FP8 dequantized to exact
+// bf16 in scratch) as one bf16 GEMM over the hi/lo split of the activations stacked as 2T rows (T <= 256; the
+// weights are read once) or over bf16 activations (T > 256, compute-bound prefill), f32/f16 as an f32 GEMM.
+// Step inputs (ids, positions, segments, block tables) are uploaded once per forward (begin_step); other
+// host-pointer arguments are staged into per-op device scratch, constants (rope tables) cached.
+// Decode steps are recorded as CUDA graphs and replayed (graph_begin / graph_launch).
 #include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <type_traits>
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/stats.h"
+#include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "core/log.h"
 #include "ops/moe_routing.h"
 
 namespace dsfuse {
+using namespace dsfuse::cuda;
 namespace {
 
-#define CUDA_CHECK(expr)                                                                     \
-  do {                                                                                       \
-    cudaError_t e_ = (expr);                                                                 \
-    if (e_ != cudaSuccess) fail(cat("CUDA error ", cudaGetErrorString(e_), " at " #expr));   \
-  } while (0)
 #define CUBLAS_CHECK(expr)                                                      \
   do {                                                                          \
     cublasStatus_t s_ = (expr);                                                 \
     if (s_ != CUBLAS_STATUS_SUCCESS) fail(cat("cuBLAS error ", int(s_), " at " #expr)); \
   } while (0)
 
-__constant__ float c_f8[256];
-
-enum WType : int { W_F32 = 0, W_BF16 = 1, W_F16 = 2, W_F8 = 3 };
-
-// A weight as the kernels see it.
-struct WDesc {
-  const void* w;
-  const float* scale;  // FP8 block scales [ceil(N/br), sc_cols]
-  int type;
-  int64_t ld;  // row stride in elements
-  int br, bc, sc_cols;
-};
-
-__device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) { return __uint_as_float(uint32_t(v) << 16); }
-__device__ __forceinline__ float round_bf16_dev(float f) {
-  uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(((u >> 16) | 0x40) << 16);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return __uint_as_float((u >> 16) << 16);
-}
-
-__device__ __forceinline__ float wload(const WDesc& d, int64_t n, int64_t k) {
-  switch (d.type) {
-    case W_F32: return static_cast<const float*>(d.w)[n * d.ld + k];
-    case W_BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(d.w)[n * d.ld + k]);
-    case W_F16: return __half2float(static_cast<const __half*>(d.w)[n * d.ld + k]);
-    default: {
-      const uint8_t b = static_cast<const uint8_t*>(d.w)[n * d.ld + k];
-      return round_bf16_dev(c_f8[b] * d.scale[(n / d.br) * d.sc_cols + k / d.bc]);
-    }
-  }
-}
-
-__device__ __forceinline__ float vload(const void* p, int type, int64_t i) {
-  switch (type) {
-    case W_F32: return static_cast<const float*>(p)[i];
-    case W_BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
-    default: return __half2float(static_cast<const __half*>(p)[i]);
-  }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ int64_t phys_row(const int32_t* table, int bs, int64_t s) {
-  return table ? int64_t(table[s / bs]) * bs + s % bs : s;
-}
-
 // ---- kernels ----
-
-// y[t, n] = sum_k x[t, k] W[n, k] + b[n] for T <= 8: one warp per output row streams the weight once.
-constexpr int kGemvMaxT = 8;
-__global__ void gemv_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w, int64_t N, int64_t K, int T,
-                            const void* bias, int btype) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t n = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
-  if (n >= N) return;
-  float acc[kGemvMaxT];
-#pragma unroll
-  for (int t = 0; t < kGemvMaxT; ++t) acc[t] = 0.0f;
-  for (int64_t k = lane; k < K; k += 32) {
-    const float wv = wload(w, n, k);
-#pragma unroll
-    for (int t = 0; t < kGemvMaxT; ++t)
-      if (t < T) acc[t] = fmaf(wv, x[t * ldx + k], acc[t]);
-  }
-  const float b = bias ? vload(bias, btype, n) : 0.0f;
-#pragma unroll
-  for (int t = 0; t < kGemvMaxT; ++t) {
-    if (t >= T) break;
-    const float s = warp_sum(acc[t]);
-    if (lane == 0) y[t * ldy + n] = s + b;
-  }
-}
 
 // Dequantizes a weight to [N, K] (contiguous) bf16 or f32; FP8 is value x block scale rounded to bf16 (the
 // CPU's form), so the bf16 output is exact.
@@ -123,13 +49,14 @@ __global__ void dequant_kernel(T* out, WDesc w, int64_t N, int64_t K) {
 }
 
 // Splits f32 activations into two bf16 parts, x ~= hi + lo (relative error ~2^-16): [hi | lo] as [2, R, K].
-__global__ void split_bf16_kernel(__nv_bfloat16* out, const float* x, int64_t ldx, int64_t R, int64_t K) {
+// (lo: only with `split`)
+__global__ void split_bf16_kernel(__nv_bfloat16* out, const float* x, int64_t ldx, int64_t R, int64_t K, bool split) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= R * K) return;
   const float v = x[(i / K) * ldx + i % K];
   const __nv_bfloat16 hi = __float2bfloat16_rn(v);
   out[i] = hi;
-  out[R * K + i] = __float2bfloat16_rn(v - __bfloat162float(hi));
+  if (split) out[R * K + i] = __float2bfloat16_rn(v - __bfloat162float(hi));
 }
 
 __global__ void add_bias_kernel(float* y, int64_t ldy, int64_t T, int64_t N, const void* b, int btype) {
@@ -204,131 +131,6 @@ __global__ void copy_rows_kernel(float* dst, int64_t ldd, int64_t r0, const floa
   dst[phys_row(table, bs, r0 + t) * ldd + d] = src[t * lds + d];
 }
 
-// One warp per (token, head): online softmax over the causal prefix. D, Dv <= 32 * kAttnPer.
-constexpr int kAttnPer = 8;
-__global__ void attention_kernel(float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
-                                 const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1,
-                                 int64_t T, int64_t Hq, int64_t group, int D, int Dv, int64_t past, float scale,
-                                 const int32_t* table, int bs) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t id = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
-  if (id >= T * Hq) return;
-  const int64_t t = id / Hq, h = id % Hq, kh = h / group, S = past + t + 1;
-  float qr[kAttnPer], acc[kAttnPer];
-  const float* qp = q + t * lq0 + h * lq1;
-#pragma unroll
-  for (int j = 0; j < kAttnPer; ++j) {
-    const int d = lane + 32 * j;
-    qr[j] = d < D ? qp[d] : 0.0f;
-    acc[j] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t r = phys_row(table, bs, s);
-    const float* kr = k + r * lk0 + kh * lk1;
-    float dot = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kAttnPer; ++j) {
-      const int d = lane + 32 * j;
-      if (d < D) dot = fmaf(qr[j], kr[d], dot);
-    }
-    const float sc = warp_sum(dot) * scale;
-    const float mn = fmaxf(m, sc);
-    const float corr = expf(m - mn), p = expf(sc - mn);
-    l = l * corr + p;
-    const float* vr = v + r * lv0 + kh * lv1;
-#pragma unroll
-    for (int j = 0; j < kAttnPer; ++j) {
-      const int d = lane + 32 * j;
-      acc[j] = acc[j] * corr + (d < Dv ? p * vr[d] : 0.0f);
-    }
-    m = mn;
-  }
-  float* o = out + t * lo0 + h * lo1;
-#pragma unroll
-  for (int j = 0; j < kAttnPer; ++j) {
-    const int d = lane + 32 * j;
-    if (d < Dv) o[d] = acc[j] / l;
-  }
-}
-
-// Absorbed MLA, one block (kMlaWarps warps) per (token, head). C <= 32 * kMlaPer.
-constexpr int kMlaWarps = 4, kMlaPer = 32;
-__global__ void mla_kernel(float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
-                           const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0,
-                           const float* kpe, int64_t lk0, WDesc w, int64_t H, int Dn, int Dv, int R, int C,
-                           int64_t past, float scale, const int32_t* table, int bs) {
-  extern __shared__ float sm[];
-  float* q_lat = sm;                        // [C]
-  float* o_part = sm + C;                   // [kMlaWarps, C]
-  float* ml = o_part + kMlaWarps * C;       // [kMlaWarps, 2]
-  const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const float* qnr = qn + t * lqn0 + h * lqn1;
-  const float* qpr = qpe + t * lqp0 + h * lqp1;
-  const int64_t wrow0 = h * int64_t(Dn + Dv);
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float a = 0.0f;
-    for (int d = 0; d < Dn; ++d) a = fmaf(qnr[d], wload(w, wrow0 + d, c), a);
-    q_lat[c] = a;
-  }
-  __syncthreads();
-  float acc[kMlaPer];
-#pragma unroll
-  for (int j = 0; j < kMlaPer; ++j) acc[j] = 0.0f;
-  float m = -INFINITY, l = 0.0f;
-  const int64_t S = past + t + 1;
-  for (int64_t s = warp; s < S; s += kMlaWarps) {
-    const int64_t r = phys_row(table, bs, s);
-    const float* lr = lat + r * ll0;
-    const float* kr = kpe + r * lk0;
-    float dot = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kMlaPer; ++j) {
-      const int c = lane + 32 * j;
-      if (c < C) dot = fmaf(q_lat[c], lr[c], dot);
-    }
-    for (int e = lane; e < R; e += 32) dot = fmaf(qpr[e], kr[e], dot);
-    const float sc = warp_sum(dot) * scale;
-    const float mn = fmaxf(m, sc);
-    const float corr = expf(m - mn), p = expf(sc - mn);
-    l = l * corr + p;
-#pragma unroll
-    for (int j = 0; j < kMlaPer; ++j) {
-      const int c = lane + 32 * j;
-      acc[j] = acc[j] * corr + (c < C ? p * lr[c] : 0.0f);
-    }
-    m = mn;
-  }
-#pragma unroll
-  for (int j = 0; j < kMlaPer; ++j) {
-    const int c = lane + 32 * j;
-    if (c < C) o_part[warp * C + c] = acc[j];
-  }
-  if (lane == 0) ml[2 * warp] = m, ml[2 * warp + 1] = l;
-  __syncthreads();
-  float M = -INFINITY;
-  for (int i = 0; i < kMlaWarps; ++i) M = fmaxf(M, ml[2 * i]);
-  float L = 0.0f;
-  for (int i = 0; i < kMlaWarps; ++i) L += ml[2 * i] == -INFINITY ? 0.0f : ml[2 * i + 1] * expf(ml[2 * i] - M);
-  __syncthreads();
-  // Combine the warps' partial latent outputs into q_lat's space (reused as o_lat).
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float a = 0.0f;
-    for (int i = 0; i < kMlaWarps; ++i)
-      if (ml[2 * i] != -INFINITY) a += o_part[i * C + c] * expf(ml[2 * i] - M);
-    q_lat[c] = a / L;
-  }
-  __syncthreads();
-  float* o = out + t * lo0 + h * lo1;
-  for (int d = warp; d < Dv; d += kMlaWarps) {
-    float a = 0.0f;
-    for (int c = lane; c < C; c += 32) a = fmaf(q_lat[c], wload(w, wrow0 + Dn + d, c), a);
-    a = warp_sum(a);
-    if (lane == 0) o[d] = a;
-  }
-}
-
 __global__ void gather_rows_kernel(float* dst, const float* src, int64_t lds, const int32_t* idx, int64_t n,
                                    int64_t H) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -347,8 +149,6 @@ __global__ void zero_rows_kernel(float* y, int64_t ldy, int64_t T, int64_t D) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < T * D) y[(i / D) * ldy + i % D] = 0.0f;
 }
-
-unsigned blocks(int64_t n, int per = 256) { return static_cast<unsigned>((n + per - 1) / per); }
 
 int wtype_of(DType t) {
   switch (t) {
@@ -386,14 +186,20 @@ class CudaBackend final : public Backend {
     CUBLAS_CHECK(cublasCreate(&blas_));
     CUBLAS_CHECK(cublasSetStream(blas_, stream_));
     CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));  // no TF32: f32 GEMMs stay f32
-    CUDA_CHECK(cudaMemcpyToSymbol(c_f8, kF8E4M3Table, sizeof(float) * 256));
     const char* e = std::getenv("DSFUSE_CUDA_F32");
     f32_ = e && *e && std::string(e) != "0";
+    const char* g = std::getenv("DSFUSE_CUDA_GRAPHS");
+    graphs_ = !(g && std::string(g) == "0");
   }
   ~CudaBackend() override {
+    cudaSetDevice(dev_);
     cudaStreamSynchronize(stream_);
+    drop_graphs();
     for (void* p : owned_) cudaFree(p);
     for (auto& c : scratch_) cudaFree(c.p);
+    for (auto& [k, c] : consts_) cudaFree(c.dev);
+    for (auto& [k, x] : expert_tables_) cudaFree(x.dev);
+    cudaFree(step_dev_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -411,6 +217,7 @@ class CudaBackend final : public Backend {
     if (!p) return;
     cudaStreamSynchronize(stream_);
     cudaFree(p);
+    drop_graphs();  // recorded graphs may point into freed memory
   }
   void copy_to_device(void* d, const void* s, size_t n) override {
     CUDA_CHECK(cudaMemcpyAsync(d, s, n, cudaMemcpyDefault, stream_));
@@ -420,6 +227,14 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  double measure_bandwidth_gbs() override {
+    CUDA_CHECK(cudaSetDevice(dev_));
+    size_t free_b = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total));
+    const size_t bytes = std::min<size_t>(size_t(4) << 30, free_b / 4);
+    return read_bandwidth_gbs(stream_, bytes & ~size_t(4095), 5);
+  }
 
   TensorView prepare(const TensorView& v) override {
     if (v.empty()) return v;
@@ -448,10 +263,86 @@ class CudaBackend final : public Backend {
     return out;
   }
 
+  // ---- step inputs ----
+  // Packed int32 layout in one device buffer: ids [T] | positions [T] | token segment [T] | cache row [T] |
+  // segments [nseg, 4] | block tables. Uploaded with one copy (skipped when unchanged).
+  void begin_step(const int32_t* ids, const int32_t* positions, int64_t T, const std::vector<SeqSegment>* segs) override {
+    step_host_.clear();
+    step_T_ = T;
+    step_host_.insert(step_host_.end(), ids, ids + T);
+    if (positions) step_host_.insert(step_host_.end(), positions, positions + T);
+    else step_host_.resize(step_host_.size() + T, 0);
+    if (segs) pack_segs(*segs, T, step_host_);
+    const size_t bytes = step_host_.size() * sizeof(int32_t);
+    if (bytes > step_cap_) {
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      cudaFree(step_dev_);
+      step_cap_ = std::max<size_t>(bytes * 2, 1 << 16);
+      CUDA_CHECK(cudaMalloc(&step_dev_, step_cap_));
+      ++step_gen_;
+      step_uploaded_.clear();
+    }
+    if (step_uploaded_ != step_host_) {
+      CUDA_CHECK(cudaMemcpyAsync(step_dev_, step_host_.data(), bytes, cudaMemcpyHostToDevice, stream_));
+      step_uploaded_ = step_host_;
+    }
+  }
+
+  // ---- graphs ----
+  bool graph_launch(uint64_t key) override {
+    if (!graphs_) return false;
+    auto it = graphs_map_.find(key);
+    if (it == graphs_map_.end()) return false;
+    if (it->second.scratch_gen != scratch_gen_ || it->second.step_gen != step_gen_) {
+      cudaGraphExecDestroy(it->second.exec);
+      graphs_map_.erase(it);
+      return false;
+    }
+    CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
+    cpu::stats().weight_bytes += it->second.weight_bytes;
+    return true;
+  }
+  void graph_begin(uint64_t key) override {
+    if (!graphs_ || capturing_) return;
+    if (!seen_.count(key)) {  // first time: run plainly (warms the scratch and constant caches)
+      seen_[key] = 1;
+      return;
+    }
+    if (graphs_map_.size() >= 64) drop_graphs();
+    reset_scratch();  // merges grown chunks now, not while recording
+    capture_key_ = key;
+    capture_broken_ = false;
+    capture_bytes0_ = cpu::stats().weight_bytes.load();
+    CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+    capturing_ = true;
+  }
+  void graph_end() override {
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t g = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(stream_, &g);
+    cudaGraphExec_t exec = nullptr;
+    bool ok = e == cudaSuccess && g && !capture_broken_ &&
+              cudaGraphInstantiate(&exec, g, 0) == cudaSuccess;
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
+    DSFUSE_CHECK(ok, "CUDA graph capture failed", capture_broken_ ? " (an op needed the host while recording)" : "",
+                 e != cudaSuccess ? cat(": ", cudaGetErrorString(e)) : "",
+                 "; set DSFUSE_CUDA_GRAPHS=0 to run without graphs");
+    Graph gr;
+    gr.exec = exec;
+    gr.scratch_gen = scratch_gen_;
+    gr.step_gen = step_gen_;
+    gr.weight_bytes = cpu::stats().weight_bytes.load() - capture_bytes0_;
+    graphs_map_[capture_key_] = gr;
+    CUDA_CHECK(cudaGraphLaunch(exec, stream_));  // recording ran nothing: run it now
+  }
+
+  // ---- ops ----
   void embedding(TensorView out, const TensorView& table, const int32_t* ids, int64_t T) override {
     Op op(this);
     const int64_t H = table.shape[1];
-    const int32_t* d_ids = stage(ids, T);
+    const int32_t* d_ids = step_ids(ids, T);
     embedding_kernel<<<blocks(T * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], table.data,
                                                           wtype_of(table.dtype), table.stride[0], d_ids, T, H);
     check_launch();
@@ -486,8 +377,8 @@ class CudaBackend final : public Backend {
     Op op(this);
     const int64_t T = x.shape[0], H = x.shape[1];
     const int half = tab.rot_dim() / 2;
-    const float* d_freq = stage(tab.inv_freq.data(), half);
-    const int32_t* d_pos = stage(pos, T);
+    const float* d_freq = constant(tab.inv_freq.data(), half);
+    const int32_t* d_pos = step_positions(pos, T);
     rope_kernel<<<blocks(T * H * half), 256, 0, stream_>>>(x.ptr<float>(), x.stride[0], x.stride[1], T, H, offset,
                                                            half, d_freq, tab.cos_sin_scale,
                                                            style == RopeStyle::Neox, d_pos);
@@ -497,7 +388,7 @@ class CudaBackend final : public Backend {
   void copy_rows(TensorView dst, int64_t r0, const TensorView& src, const PagedRows& rows) override {
     Op op(this);
     const int64_t T = src.shape[0], D = src.numel() / T;
-    const int32_t* tab = stage_table(rows, r0 + T);
+    const int32_t* tab = rows.table ? stage(rows.table, (r0 + T - 1) / rows.block_size + 1) : nullptr;
     copy_rows_kernel<<<blocks(T * D), 256, 0, stream_>>>(dst.ptr<float>(), dst.stride[0], r0, src.ptr<float>(),
                                                          src.stride[0], T, D, tab, rows.block_size);
     check_launch();
@@ -505,67 +396,74 @@ class CudaBackend final : public Backend {
 
   void attention(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, int64_t past,
                  float scale, const PagedRows& rows) override {
-    Op op(this);
-    const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
-    DSFUSE_CHECK(D <= 32 * kAttnPer && Dv <= 32 * kAttnPer, "CUDA attention: head dim ", D, "/", Dv,
-                 " above ", 32 * kAttnPer);
-    const int32_t* tab = stage_table(rows, past + T);
-    const int wpb = 4;
-    attention_kernel<<<blocks(T * Hq, wpb), 32 * wpb, 0, stream_>>>(
-        out.ptr<float>(), out.stride[0], out.stride[1], q.ptr<float>(), q.stride[0], q.stride[1], k.ptr<float>(),
-        k.stride[0], k.stride[1], v.ptr<float>(), v.stride[0], v.stride[1], T, Hq, Hq / Hkv, int(D), int(Dv), past,
-        scale, tab, rows.block_size);
-    check_launch();
+    attention_segs(out, q, k, v, scale, {SeqSegment{0, q.shape[0], past, rows}});
   }
 
   void mla_attention(TensorView out, const TensorView& q_nope, const TensorView& q_pe, const TensorView& latent,
                      const TensorView& k_pe, const Linear& kv_b, int64_t past, float scale,
                      const PagedRows& rows) override {
+    mla_attention_segs(out, q_nope, q_pe, latent, k_pe, kv_b, scale, {SeqSegment{0, q_nope.shape[0], past, rows}});
+  }
+
+  void argmax_rows(TensorView ids, const TensorView& x) override {
+    cuda::argmax_rows(stream_, ids.ptr<int32_t>(), x.ptr<float>(), x.stride[0], x.shape[0], x.shape[1]);
+  }
+
+  void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs) override {
+    Op op(this);
+    const int64_t T = src.shape[0], D = src.numel() / T;
+    cuda::copy_rows_segs(stream_, dst.ptr<float>(), dst.stride[0], src.ptr<float>(), src.stride[0], T, D,
+                         seg_meta(segs, T));
+  }
+
+  void attention_segs(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, float scale,
+                      const std::vector<SeqSegment>& segs) override {
+    Op op(this);
+    const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
+    cuda::attention_segs(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q.ptr<float>(), q.stride[0],
+                         q.stride[1], k.ptr<float>(), k.stride[0], k.stride[1], v.ptr<float>(), v.stride[0],
+                         v.stride[1], T, Hq, Hq / Hkv, int(D), int(Dv), scale, seg_meta(segs, T));
+  }
+
+  void mla_attention_segs(TensorView out, const TensorView& q_nope, const TensorView& q_pe, const TensorView& latent,
+                          const TensorView& k_pe, const Linear& kv_b, float scale,
+                          const std::vector<SeqSegment>& segs) override {
     Op op(this);
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2];
-    DSFUSE_CHECK(C <= 32 * kMlaPer, "CUDA MLA: latent rank ", C, " above ", 32 * kMlaPer);
-    const int32_t* tab = stage_table(rows, past + T);
-    const size_t shm = sizeof(float) * (C + kMlaWarps * C + 2 * kMlaWarps);
-    if (shm > 48 * 1024)
-      CUDA_CHECK(cudaFuncSetAttribute(mla_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shm)));
-    mla_kernel<<<static_cast<unsigned>(T * H), 32 * kMlaWarps, shm, stream_>>>(
-        out.ptr<float>(), out.stride[0], out.stride[1], q_nope.ptr<float>(), q_nope.stride[0], q_nope.stride[1],
-        q_pe.ptr<float>(), q_pe.stride[0], q_pe.stride[1], latent.ptr<float>(), latent.stride[0], k_pe.ptr<float>(),
-        k_pe.stride[0], desc_of(kv_b), H, int(Dn), int(Dv), int(R), int(C), past, scale, tab, rows.block_size);
-    check_launch();
+    cuda::mla_segs(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q_nope.ptr<float>(), q_nope.stride[0],
+                   q_nope.stride[1], q_pe.ptr<float>(), q_pe.stride[0], q_pe.stride[1], latent.ptr<float>(),
+                   latent.stride[0], k_pe.ptr<float>(), k_pe.stride[0], desc_of(kv_b), T, H, int(Dn), int(Dv),
+                   int(R), int(C), scale, seg_meta(segs, T));
   }
 
   void moe_route(TensorView ids, TensorView weights, const TensorView& logits, const TensorView& bias,
                  const RouterParams& p) override {
+    Op op(this);
     const int64_t T = logits.shape[0], E = p.n_experts;
-    std::vector<float> lg(static_cast<size_t>(T * E)), b;
-    CUDA_CHECK(cudaMemcpy2DAsync(lg.data(), E * sizeof(float), logits.data, logits.stride[0] * sizeof(float),
-                                 E * sizeof(float), T, cudaMemcpyDefault, stream_));
+    const float* d_bias = nullptr;
     if (!bias.empty()) {
-      std::vector<uint8_t> raw(bias.nbytes());
-      CUDA_CHECK(cudaMemcpyAsync(raw.data(), bias.data, raw.size(), cudaMemcpyDefault, stream_));
-      CUDA_CHECK(cudaStreamSynchronize(stream_));
-      TensorView hb(raw.data(), bias.dtype, {E});
-      for (int64_t e = 0; e < E; ++e) b.push_back(vec_at(hb, e));
+      if (bias.dtype == DType::F32) {
+        d_bias = bias.ptr<float>();
+      } else {
+        float* b = scratch_f(E);
+        embedding_kernel<<<blocks(E), 256, 0, stream_>>>(b, E, bias.data, wtype_of(bias.dtype), E, zero_id(), 1, E);
+        check_launch();
+        d_bias = b;
+      }
     }
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    std::vector<int32_t> hid(static_cast<size_t>(T * p.top_k));
-    std::vector<float> hw(hid.size()), scratch(3 * p.n_experts + p.n_group);
-    for (int64_t t = 0; t < T; ++t)
-      route_token(lg.data() + t * E, b.empty() ? nullptr : b.data(), p, hid.data() + t * p.top_k,
-                  hw.data() + t * p.top_k, scratch.data());
-    CUDA_CHECK(cudaMemcpy2DAsync(ids.data, ids.stride[0] * 4, hid.data(), p.top_k * 4, p.top_k * 4, T,
-                                 cudaMemcpyDefault, stream_));
-    CUDA_CHECK(cudaMemcpy2DAsync(weights.data, weights.stride[0] * 4, hw.data(), p.top_k * 4, p.top_k * 4, T,
-                                 cudaMemcpyDefault, stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));  // host vectors go out of scope
+    cuda::moe_route(stream_, ids.ptr<int32_t>(), ids.stride[0], weights.ptr<float>(), weights.stride[0],
+                    logits.ptr<float>(), logits.stride[0], d_bias, T, p);
   }
 
   void moe_experts(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
                    const std::vector<ExpertWeights>& experts) override {
     Op op(this);
     const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
+    if (capturing_ || T * K <= 8192) {
+      moe_experts_device(out, x, ids, weights, experts);
+      return;
+    }
     std::vector<int32_t> hid(static_cast<size_t>(T * K));
     std::vector<float> hw(hid.size());
     CUDA_CHECK(cudaMemcpy2DAsync(hid.data(), K * 4, ids.data, ids.stride[0] * 4, K * 4, T, cudaMemcpyDefault, stream_));
@@ -587,6 +485,7 @@ class CudaBackend final : public Backend {
       const int64_t n = static_cast<int64_t>(tok[e].size());
       if (!n) continue;
       const ExpertWeights& ew = experts[e];
+      if (ew.gate.empty()) continue;  // another expert-parallel rank's expert
       const int64_t I = ew.gate.out_features();
       const int32_t* d_idx = stage(tok[e].data(), n);
       const float* d_w = stage(wt[e].data(), n);
@@ -607,7 +506,8 @@ class CudaBackend final : public Backend {
 
  private:
   // Per-op scratch: a bump allocator over device chunks; reset when the outermost op starts. When an op needed
-  // more than the first chunk, the chunks are merged into one larger chunk at the next reset (grow-only).
+  // more than the first chunk, the chunks are merged into one larger chunk at the next reset (grow-only; every
+  // merge invalidates recorded graphs).
   struct Chunk {
     char* p = nullptr;
     size_t size = 0, used = 0;
@@ -619,21 +519,41 @@ class CudaBackend final : public Backend {
     }
     ~Op() { --b->depth_; }
   };
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t scratch_gen = 0, step_gen = 0;
+    int64_t weight_bytes = 0;
+  };
+  struct Const {
+    void* dev = nullptr;
+    std::vector<char> host;
+  };
+
+  void drop_graphs() {
+    for (auto& [k, g] : graphs_map_) cudaGraphExecDestroy(g.exec);
+    graphs_map_.clear();
+  }
 
   void reset_scratch() {
     if (scratch_.size() > 1) {
-      size_t total = 0;
-      for (auto& c : scratch_) total += c.size;
-      CUDA_CHECK(cudaStreamSynchronize(stream_));
-      for (auto& c : scratch_) cudaFree(c.p);
-      scratch_.clear();
-      add_chunk(total);
+      if (capturing_) {  // cannot free while recording: keep the chunks, the graph is discarded
+        capture_broken_ = true;
+      } else {
+        size_t total = 0;
+        for (auto& c : scratch_) total += c.size;
+        CUDA_CHECK(cudaStreamSynchronize(stream_));
+        for (auto& c : scratch_) cudaFree(c.p);
+        scratch_.clear();
+        add_chunk(total);
+        ++scratch_gen_;
+      }
     }
     for (auto& c : scratch_) c.used = 0;
   }
   void add_chunk(size_t bytes) {
     Chunk c;
     c.size = bytes;
+    if (capturing_) capture_broken_ = true;  // a new chunk while recording: the graph would not be replayable
     CUDA_CHECK(cudaMalloc(&c.p, bytes));
     scratch_.push_back(c);
   }
@@ -651,14 +571,98 @@ class CudaBackend final : public Backend {
   const T* stage(const T* host, int64_t n) {
     if (!host || n <= 0) return nullptr;
     void* d = scratch(sizeof(T) * n);
+    if (capturing_) {  // a host copy cannot be recorded: the graph is discarded (see graph_end)
+      capture_broken_ = true;
+      return static_cast<const T*>(d);
+    }
     // Pageable source: returns once the bytes are staged, so the caller's buffer may go away.
     CUDA_CHECK(cudaMemcpyAsync(d, host, sizeof(T) * n, cudaMemcpyHostToDevice, stream_));
     return static_cast<const T*>(d);
   }
-  // Block table entries covering logical rows [0, rows_end).
-  const int32_t* stage_table(const PagedRows& rows, int64_t rows_end) {
-    if (!rows.table) return nullptr;
-    return stage(rows.table, (rows_end - 1) / rows.block_size + 1);
+  // Host constants (rope tables) uploaded once, keyed by address and checked by content.
+  template <typename T>
+  const T* constant(const T* host, int64_t n) {
+    const size_t bytes = sizeof(T) * n;
+    Const& c = consts_[reinterpret_cast<uintptr_t>(host)];
+    if (c.host.size() == bytes && std::memcmp(c.host.data(), host, bytes) == 0) return static_cast<const T*>(c.dev);
+    if (capturing_) {
+      capture_broken_ = true;
+      return static_cast<const T*>(scratch(bytes));
+    }
+    if (c.host.size() < bytes) {
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      cudaFree(c.dev);
+      CUDA_CHECK(cudaMalloc(&c.dev, bytes));
+      drop_graphs();
+    }
+    c.host.assign(reinterpret_cast<const char*>(host), reinterpret_cast<const char*>(host) + bytes);
+    CUDA_CHECK(cudaMemcpyAsync(c.dev, host, bytes, cudaMemcpyHostToDevice, stream_));
+    return static_cast<const T*>(c.dev);
+  }
+  const int32_t* zero_id() {
+    static const int32_t z = 0;
+    return constant(&z, 1);
+  }
+  // ids / positions of the current step when `host` holds them (by content), else staged per op.
+  const int32_t* step_ids(const int32_t* host, int64_t T) {
+    if (T == step_T_ && step_dev_ && std::memcmp(host, step_host_.data(), sizeof(int32_t) * T) == 0)
+      return static_cast<const int32_t*>(step_dev_);
+    return stage(host, T);
+  }
+  const int32_t* step_positions(const int32_t* host, int64_t T) {
+    if (T == step_T_ && step_dev_ && std::memcmp(host, step_host_.data() + T, sizeof(int32_t) * T) == 0)
+      return static_cast<const int32_t*>(step_dev_) + T;
+    return stage(host, T);
+  }
+  // Appends the segment metadata of a batch: token segment [T], cache row [T], segments [n, 4], tables.
+  static void pack_segs(const std::vector<SeqSegment>& segs, int64_t T, std::vector<int32_t>& out) {
+    const size_t base = out.size();
+    out.resize(base + 2 * T + 4 * segs.size(), 0);
+    int32_t* tok_seg = out.data() + base;
+    for (size_t i = 0; i < segs.size(); ++i) {
+      const SeqSegment& s = segs[i];
+      for (int64_t t = s.t0; t < s.t0 + s.n && t < T; ++t) {
+        out[base + t] = static_cast<int32_t>(i);
+        out[base + T + t] = static_cast<int32_t>(s.rows.phys(s.past + (t - s.t0)));
+      }
+      int32_t* sg = out.data() + base + 2 * T + 4 * i;
+      sg[0] = static_cast<int32_t>(s.t0);
+      sg[1] = static_cast<int32_t>(s.n);
+      sg[2] = static_cast<int32_t>(s.past);
+      sg[3] = -1;
+      (void)tok_seg;
+    }
+    for (size_t i = 0; i < segs.size(); ++i) {
+      const SeqSegment& s = segs[i];
+      if (!s.rows.table) continue;
+      const int64_t nb = (s.past + s.n - 1) / s.rows.block_size + 1;
+      const int32_t off = static_cast<int32_t>(out.size() - (base + 2 * T + 4 * segs.size()));
+      out[base + 2 * T + 4 * i + 3] = off;
+      out.insert(out.end(), s.rows.table, s.rows.table + nb);
+    }
+  }
+  // Device metadata for `segs`: the step's copy when they are the step's segments, else staged per op.
+  SegMeta seg_meta(const std::vector<SeqSegment>& segs, int64_t T) {
+    int bs = 0;
+    for (const auto& s : segs)
+      if (s.rows.table) bs = s.rows.block_size;
+    tmp_meta_.clear();
+    pack_segs(segs, T, tmp_meta_);
+    const int32_t* d = nullptr;
+    const size_t off = 2 * static_cast<size_t>(step_T_);
+    if (T == step_T_ && step_dev_ && step_host_.size() == off + tmp_meta_.size() &&
+        std::memcmp(step_host_.data() + off, tmp_meta_.data(), tmp_meta_.size() * sizeof(int32_t)) == 0) {
+      d = static_cast<const int32_t*>(step_dev_) + off;
+    } else {
+      d = stage(tmp_meta_.data(), static_cast<int64_t>(tmp_meta_.size()));
+    }
+    SegMeta m;
+    m.tok_seg = d;
+    m.slot = d + T;
+    m.seg = d + 2 * T;
+    m.tables = d + 2 * T + 4 * segs.size();
+    m.block_size = bs ? bs : 1;
+    return m;
   }
 
   void check_launch() { CUDA_CHECK(cudaGetLastError()); }
@@ -684,23 +688,82 @@ class CudaBackend final : public Backend {
     return d;
   }
 
+  // Device table of an expert list's weights, cached by the list's address and checked by content (a list
+  // at a reused address gets a new table).
+  const ExpertDesc* expert_table(const std::vector<ExpertWeights>& experts) {
+    std::vector<ExpertDesc> h(experts.size());
+    std::memset(h.data(), 0, sizeof(ExpertDesc) * h.size());
+    for (size_t e = 0; e < experts.size(); ++e) {
+      if (experts[e].gate.empty()) continue;
+      h[e].gate = desc_of(experts[e].gate);
+      h[e].up = desc_of(experts[e].up);
+      h[e].down = desc_of(experts[e].down);
+    }
+    ExpertTable& t = expert_tables_[reinterpret_cast<uintptr_t>(experts.data())];
+    const size_t bytes = sizeof(ExpertDesc) * h.size();
+    if (t.dev && t.host.size() == bytes && std::memcmp(t.host.data(), h.data(), bytes) == 0)
+      return static_cast<const ExpertDesc*>(t.dev);
+    if (capturing_) {
+      capture_broken_ = true;
+      return static_cast<const ExpertDesc*>(scratch(bytes));
+    }
+    if (t.dev) {
+      CUDA_CHECK(cudaStreamSynchronize(stream_));
+      cudaFree(t.dev);
+      drop_graphs();
+    }
+    CUDA_CHECK(cudaMalloc(&t.dev, bytes));
+    CUDA_CHECK(cudaMemcpy(t.dev, h.data(), bytes, cudaMemcpyHostToDevice));
+    t.host.assign(reinterpret_cast<const char*>(h.data()), reinterpret_cast<const char*>(h.data()) + bytes);
+    return static_cast<const ExpertDesc*>(t.dev);
+  }
+
+  // Routed experts without leaving the device: pairs sorted by expert, grouped GEMVs reading each selected
+  // expert's weights once per step.
+  void moe_experts_device(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
+                          const std::vector<ExpertWeights>& experts) {
+    const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
+    const int E = static_cast<int>(experts.size());
+    int64_t I = 0, ebytes = 0, owned = 0;
+    for (const auto& ew : experts)
+      if (!ew.gate.empty()) {
+        I = ew.gate.out_features();
+        ebytes = static_cast<int64_t>(ew.gate.bytes() + ew.up.bytes() + ew.down.bytes());
+        ++owned;
+      }
+    if (I == 0) {  // no expert on this rank
+      zero_rows_kernel<<<blocks(T * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], T, H);
+      check_launch();
+      return;
+    }
+    const ExpertDesc* tab = expert_table(experts);
+    auto* cnt = static_cast<int32_t*>(scratch(sizeof(int32_t) * E));
+    auto* list = static_cast<int32_t*>(scratch(sizeof(int32_t) * E * T));
+    float* hbuf = scratch_f(T * K * I);
+    float* ybuf = scratch_f(T * K * H);
+    cuda::moe_experts_grouped(stream_, out.ptr<float>(), out.stride[0], x.ptr<float>(), x.stride[0],
+                              ids.ptr<int32_t>(), ids.stride[0], weights.ptr<float>(), weights.stride[0], T,
+                              static_cast<int>(K), H, I, tab, E, cnt, list, hbuf, ybuf);
+    // Bytes: at most one read of every selected expert (exact for one token).
+    cpu::stats().weight_bytes += std::min<int64_t>(T * K, owned) * ebytes;
+  }
+
   // y [T, N] (row stride ldy) = x [T, K] (row stride ldx) W^T + b, all f32 device pointers.
   void linear_impl(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const Linear& w) {
     const int64_t N = w.out_features(), K = w.in_features();
     const WDesc d = desc_of(w);
     const int btype = w.bias.empty() ? 0 : wtype_of(w.bias.dtype);
+    const void* bias = w.bias.empty() ? nullptr : w.bias.data;
+    cpu::stats().weight_bytes += static_cast<int64_t>(w.bytes());
     if (T <= kGemvMaxT) {
-      const int wpb = 8;
-      gemv_kernel<<<blocks(N, wpb), 32 * wpb, 0, stream_>>>(y, ldy, x, ldx, d, N, K, int(T),
-                                                             w.bias.empty() ? nullptr : w.bias.data, btype);
-      check_launch();
+      cuda::gemv(stream_, y, ldy, x, ldx, T, d, N, K, bias, btype);
       return;
     }
     const float one = 1.0f, zero = 0.0f;
     if (!f32_ && (d.type == W_BF16 || d.type == W_F8)) {
-      // bf16 tensor-core GEMMs with f32 accumulation. Activations are split into bf16 hi + lo parts and both
-      // are multiplied (two GEMMs), which keeps prefill logits within ~1e-5 of f32 instead of the ~1e-3 a
-      // single bf16 rounding of the activations costs (and which MoE routers amplify).
+      // bf16 tensor-core GEMMs with f32 accumulation. Up to 256 rows the activations are split into bf16 hi + lo
+      // parts stacked as 2T rows of one GEMM (weights read once; keeps logits within ~1e-5 of f32 instead of the
+      // ~1e-3 one bf16 rounding costs, which MoE routers amplify); above, a plain bf16 GEMM (compute-bound).
       const void* wp = w.w.data;
       int64_t lda = d.ld;
       if (d.type == W_F8) {
@@ -710,13 +773,21 @@ class CudaBackend final : public Backend {
         wp = deq;
         lda = K;
       }
-      auto* xs = static_cast<__nv_bfloat16*>(scratch(sizeof(uint16_t) * 2 * T * K));
-      split_bf16_kernel<<<blocks(T * K), 256, 0, stream_>>>(xs, x, ldx, T, K);
+      const bool split = T <= 256;
+      auto* xs = static_cast<__nv_bfloat16*>(scratch(sizeof(uint16_t) * (split ? 2 : 1) * T * K));
+      split_bf16_kernel<<<blocks(T * K), 256, 0, stream_>>>(xs, x, ldx, T, K, split);
       check_launch();
-      for (int part = 0; part < 2; ++part)
-        CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(T), int(K), &one, wp, CUDA_R_16BF,
-                                  int(lda), xs + part * T * K, CUDA_R_16BF, int(K), part ? &one : &zero, y,
-                                  CUDA_R_32F, int(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      if (split) {
+        float* y2 = scratch_f(2 * T * N);
+        CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(2 * T), int(K), &one, wp, CUDA_R_16BF,
+                                  int(lda), xs, CUDA_R_16BF, int(K), &zero, y2, CUDA_R_32F, int(N), CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+        cuda::combine_halves(stream_, y, ldy, y2, T, N, bias, btype);
+        return;
+      }
+      CUBLAS_CHECK(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(T), int(K), &one, wp, CUDA_R_16BF,
+                                int(lda), xs, CUDA_R_16BF, int(K), &zero, y, CUDA_R_32F, int(ldy), CUBLAS_COMPUTE_32F,
+                                CUBLAS_GEMM_DEFAULT));
     } else {
       // f32 weights (and f16 / FP8-in-f32-mode / tied bf16 tables in f32 mode, dequantized to f32 scratch).
       const void* wp = w.w.data;
@@ -732,19 +803,38 @@ class CudaBackend final : public Backend {
                                 int(lda), x, CUDA_R_32F, int(ldx), &zero, y, CUDA_R_32F, int(ldy),
                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
-    if (!w.bias.empty()) {
-      add_bias_kernel<<<blocks(T * N), 256, 0, stream_>>>(y, ldy, T, N, w.bias.data, btype);
+    if (bias) {
+      add_bias_kernel<<<blocks(T * N), 256, 0, stream_>>>(y, ldy, T, N, bias, btype);
       check_launch();
     }
   }
 
   int dev_ = 0;
-  bool f32_ = false;
+  bool f32_ = false, graphs_ = true;
   int depth_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   std::vector<void*> owned_;
   std::vector<Chunk> scratch_;
+  uint64_t scratch_gen_ = 0;
+  std::map<uintptr_t, Const> consts_;
+  struct ExpertTable {
+    void* dev = nullptr;
+    std::vector<char> host;
+  };
+  std::map<uintptr_t, ExpertTable> expert_tables_;
+  // Step inputs.
+  std::vector<int32_t> step_host_, step_uploaded_, tmp_meta_;
+  int64_t step_T_ = -1;
+  void* step_dev_ = nullptr;
+  size_t step_cap_ = 0;
+  uint64_t step_gen_ = 0;
+  // Graphs.
+  std::map<uint64_t, Graph> graphs_map_;
+  std::map<uint64_t, int> seen_;
+  bool capturing_ = false, capture_broken_ = false;
+  uint64_t capture_key_ = 0;
+  int64_t capture_bytes0_ = 0;
 };
 
 }  // namespace

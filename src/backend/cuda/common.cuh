@@ -1,0 +1,115 @@
+// Device helpers shared by the CUDA backend's translation units (header-only, inline).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/backend.h"
+#include "core/tensor.h"
+
+namespace dsfuse::cuda {
+
+#define CUDA_CHECK(expr)                                                                     \
+  do {                                                                                       \
+    cudaError_t e_ = (expr);                                                                 \
+    if (e_ != cudaSuccess) fail(cat("CUDA error ", cudaGetErrorString(e_), " at " #expr));   \
+  } while (0)
+
+enum WType : int { W_F32 = 0, W_BF16 = 1, W_F16 = 2, W_F8 = 3 };
+
+// A weight as the kernels see it.
+struct WDesc {
+  const void* w;
+  const float* scale;  // FP8 block scales [ceil(N/br), sc_cols]
+  int type;
+  int64_t ld;  // row stride in elements
+  int br, bc, sc_cols;
+};
+
+__device__ __forceinline__ float bf16_bits_to_f32(uint32_t v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float round_bf16_dev(float f) {
+  uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(((u >> 16) | 0x40) << 16);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return __uint_as_float((u >> 16) << 16);
+}
+__device__ __forceinline__ float f8e4m3_to_f32_dev(uint8_t b) {
+  return __half2float(__half(__nv_cvt_fp8_to_halfraw(b, __NV_E4M3)));
+}
+
+__device__ __forceinline__ float wload(const WDesc& d, int64_t n, int64_t k) {
+  switch (d.type) {
+    case W_F32: return static_cast<const float*>(d.w)[n * d.ld + k];
+    case W_BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(d.w)[n * d.ld + k]);
+    case W_F16: return __half2float(static_cast<const __half*>(d.w)[n * d.ld + k]);
+    default: {
+      const uint8_t b = static_cast<const uint8_t*>(d.w)[n * d.ld + k];
+      return round_bf16_dev(f8e4m3_to_f32_dev(b) * d.scale[(n / d.br) * d.sc_cols + k / d.bc]);
+    }
+  }
+}
+
+__device__ __forceinline__ float vload(const void* p, int type, int64_t i) {
+  switch (type) {
+    case W_F32: return static_cast<const float*>(p)[i];
+    case W_BF16: return bf16_bits_to_f32(static_cast<const uint16_t*>(p)[i]);
+    default: return __half2float(static_cast<const __half*>(p)[i]);
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ int64_t phys_row(const int32_t* table, int bs, int64_t s) {
+  return table ? int64_t(table[s / bs]) * bs + s % bs : s;
+}
+
+inline unsigned blocks(int64_t n, int per = 256) { return static_cast<unsigned>((n + per - 1) / per); }
+
+// Step metadata in device memory (see CudaBackend::begin_step): per token its segment and cache row; per
+// segment {t0, n, past, table offset or -1}; the block tables.
+struct SegMeta {
+  const int32_t* tok_seg = nullptr;  // [T]
+  const int32_t* slot = nullptr;     // [T] physical cache row of each new token
+  const int32_t* seg = nullptr;      // [nseg, 4]
+  const int32_t* tables = nullptr;   // block tables, concatenated
+  int block_size = 0;
+};
+
+// y [T, N] = x [T, K] W^T (+ b); T <= 8. bf16 weights with 16-byte aligned rows take a vectorised path.
+void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w, int64_t N,
+          int64_t K, const void* bias, int btype);
+constexpr int kGemvMaxT = 8;
+// y [T, N] = Y2[0:T] + Y2[T:2T] (+ b): sums the hi/lo halves of a split-activation GEMM.
+void combine_halves(cudaStream_t st, float* y, int64_t ldy, const float* y2, int64_t T, int64_t N, const void* bias,
+                    int btype);
+// Batched attention ops over the step's segments.
+void copy_rows_segs(cudaStream_t st, float* dst, int64_t ldd, const float* src, int64_t lds, int64_t T, int64_t D,
+                    const SegMeta& m);
+void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
+                    const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
+                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m);
+void mla_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
+              const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
+              int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
+              const SegMeta& m);
+// MoE on the device (no host synchronisation): routing, and the routed experts as grouped GEMVs.
+struct ExpertDesc {
+  WDesc gate, up, down;  // gate.w == nullptr: expert not on this rank
+};
+void moe_route(cudaStream_t st, int32_t* ids, int64_t ldi, float* wts, int64_t ldw, const float* logits,
+               int64_t ldl, const float* bias, int64_t T, const RouterParams& p);
+void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* x, int64_t ldx, const int32_t* ids,
+                         int64_t ldi, const float* wts, int64_t ldw, int64_t T, int K, int64_t H, int64_t I,
+                         const ExpertDesc* experts, int E, int32_t* cnt, int32_t* list, float* hbuf, float* ybuf);
+// ids[r] = argmax x[r, :] (lowest index on ties)
+void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V);
+// GB/s of a streaming read of `bytes` of device memory (best of `passes`).
+double read_bandwidth_gbs(cudaStream_t st, size_t bytes, int passes);
+
+}  // namespace dsfuse::cuda

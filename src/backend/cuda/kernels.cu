@@ -1,0 +1,513 @@
+// CUDA kernels of the fast paths: vectorised decode GEMV, batched (all-segment) attention and cache writes,
+// device-side MoE routing and grouped expert GEMVs, and the HBM read probe. Launchers are declared in
+// common.cuh; cuda_backend.cu decides when each is used.
+#include <algorithm>
+#include <cmath>
+
+#include "backend/cuda/common.cuh"
+#include "ops/moe_routing.h"
+
+namespace dsfuse::cuda {
+namespace {
+
+// ---- dot products of one weight row with up to TT activation rows, one warp per row ----
+
+__device__ __forceinline__ void bf16x8_to_f32(const uint4& v, float f[8]) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(u[i] << 16);
+    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+
+// acc[t] += sum_k W[row, k] * xr[t][k] for t < nt (lane-partial sums; the caller reduces the warp).
+// Vectorised when the weight is bf16 with K % 8 == 0 and 16-byte aligned rows and inputs.
+template <int TT>
+__device__ __forceinline__ void row_dot(const WDesc& w, int64_t row, int64_t K, const float* const* xr, int nt,
+                                        bool vec, float acc[TT]) {
+  const int lane = threadIdx.x % 32;
+  if (vec) {
+    const uint4* wr = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + row * w.ld);
+    const int64_t K8 = K / 8;
+    for (int64_t i0 = lane; i0 < K8; i0 += 32 * 4) {
+      uint4 wv[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (i0 + 32 * u < K8) wv[u] = __ldg(wr + i0 + 32 * u);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int64_t i = i0 + 32 * u;
+        if (i >= K8) break;
+        float f[8];
+        bf16x8_to_f32(wv[u], f);
+#pragma unroll
+        for (int t = 0; t < TT; ++t) {
+          if (t >= nt) break;
+          const float4 a = reinterpret_cast<const float4*>(xr[t])[2 * i];
+          const float4 b = reinterpret_cast<const float4*>(xr[t])[2 * i + 1];
+          float s = acc[t];
+          s = fmaf(f[0], a.x, s);
+          s = fmaf(f[1], a.y, s);
+          s = fmaf(f[2], a.z, s);
+          s = fmaf(f[3], a.w, s);
+          s = fmaf(f[4], b.x, s);
+          s = fmaf(f[5], b.y, s);
+          s = fmaf(f[6], b.z, s);
+          s = fmaf(f[7], b.w, s);
+          acc[t] = s;
+        }
+      }
+    }
+  } else {
+    for (int64_t k = lane; k < K; k += 32) {
+      const float wv = wload(w, row, k);
+#pragma unroll
+      for (int t = 0; t < TT; ++t)
+        if (t < nt) acc[t] = fmaf(wv, xr[t][k], acc[t]);
+    }
+  }
+}
+
+__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+template <int TT>
+__global__ void __launch_bounds__(256) gemv_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
+                                                   int64_t N, int64_t K, int T, const void* bias, int btype,
+                                                   bool vec) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (n >= N) return;
+  const float* xr[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) xr[t] = x + t * ldx;
+  float acc[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) acc[t] = 0.0f;
+  row_dot<TT>(w, n, K, xr, T, vec, acc);
+  const float b = bias ? vload(bias, btype, n) : 0.0f;
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    if (t >= T) break;
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) y[t * ldy + n] = s + b;
+  }
+}
+
+__global__ void combine_halves_kernel(float* y, int64_t ldy, const float* y2, int64_t T, int64_t N, const void* bias,
+                                      int btype) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= T * N) return;
+  const int64_t t = i / N, n = i % N;
+  y[t * ldy + n] = y2[i] + y2[T * N + i] + (bias ? vload(bias, btype, n) : 0.0f);
+}
+
+// ---- batched attention over the step's segments ----
+
+__device__ __forceinline__ void seg_of(const SegMeta& m, int64_t t, int64_t& S, const int32_t*& table) {
+  const int32_t* sg = m.seg + 4 * m.tok_seg[t];
+  S = int64_t(sg[2]) + (t - sg[0]) + 1;  // past + index in the segment + 1
+  table = sg[3] >= 0 ? m.tables + sg[3] : nullptr;
+}
+
+__global__ void copy_rows_segs_kernel(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t T, int64_t D,
+                                      SegMeta m) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= T * D) return;
+  const int64_t t = i / D, d = i % D;
+  dst[int64_t(m.slot[t]) * ldd + d] = src[t * lds + d];
+}
+
+constexpr int kAttnPer = 8;  // D, Dv <= 256
+__global__ void attention_segs_kernel(float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
+                                      const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0,
+                                      int64_t lv1, int64_t T, int64_t Hq, int64_t group, int D, int Dv, float scale,
+                                      SegMeta m) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t id = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (id >= T * Hq) return;
+  const int64_t t = id / Hq, h = id % Hq, kh = h / group;
+  int64_t S;
+  const int32_t* table;
+  seg_of(m, t, S, table);
+  const int bs = m.block_size;
+  float qr[kAttnPer], acc[kAttnPer];
+  const float* qp = q + t * lq0 + h * lq1;
+#pragma unroll
+  for (int j = 0; j < kAttnPer; ++j) {
+    const int d = lane + 32 * j;
+    qr[j] = d < D ? qp[d] * scale : 0.0f;
+    acc[j] = 0.0f;
+  }
+  float mx = -INFINITY, l = 0.0f;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t r = phys_row(table, bs, s);
+    const float* kr = k + r * lk0 + kh * lk1;
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kAttnPer; ++j) {
+      const int d = lane + 32 * j;
+      if (d < D) dot = fmaf(qr[j], kr[d], dot);
+    }
+    const float sc = warp_sum(dot);
+    const float mn = fmaxf(mx, sc);
+    const float corr = __expf(mx - mn), p = __expf(sc - mn);
+    l = l * corr + p;
+    const float* vr = v + r * lv0 + kh * lv1;
+#pragma unroll
+    for (int j = 0; j < kAttnPer; ++j) {
+      const int d = lane + 32 * j;
+      acc[j] = acc[j] * corr + (d < Dv ? p * vr[d] : 0.0f);
+    }
+    mx = mn;
+  }
+  float* o = out + t * lo0 + h * lo1;
+#pragma unroll
+  for (int j = 0; j < kAttnPer; ++j) {
+    const int d = lane + 32 * j;
+    if (d < Dv) o[d] = acc[j] / l;
+  }
+}
+
+// Absorbed MLA, one block (kMlaWarps warps) per (token, head). C <= 32 * kMlaPer.
+constexpr int kMlaWarps = 4, kMlaPer = 16;
+__global__ void mla_segs_kernel(float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
+                                const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0,
+                                const float* kpe, int64_t lk0, WDesc w, int64_t H, int Dn, int Dv, int R, int C,
+                                float scale, SegMeta m) {
+  extern __shared__ float sm[];
+  float* q_lat = sm;                   // [C]
+  float* o_part = sm + C;              // [kMlaWarps, C]
+  float* ml = o_part + kMlaWarps * C;  // [kMlaWarps, 2]
+  const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int64_t S;
+  const int32_t* table;
+  seg_of(m, t, S, table);
+  const int bs = m.block_size;
+  const float* qnr = qn + t * lqn0 + h * lqn1;
+  const float* qpr = qpe + t * lqp0 + h * lqp1;
+  const int64_t wrow0 = h * int64_t(Dn + Dv);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float a = 0.0f;
+    for (int d = 0; d < Dn; ++d) a = fmaf(qnr[d], wload(w, wrow0 + d, c), a);
+    q_lat[c] = a * scale;
+  }
+  __syncthreads();
+  float acc[kMlaPer];
+#pragma unroll
+  for (int j = 0; j < kMlaPer; ++j) acc[j] = 0.0f;
+  float mx = -INFINITY, l = 0.0f;
+  for (int64_t s = warp; s < S; s += kMlaWarps) {
+    const int64_t r = phys_row(table, bs, s);
+    const float* lr = lat + r * ll0;
+    const float* kr = kpe + r * lk0;
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMlaPer; ++j) {
+      const int c = lane + 32 * j;
+      if (c < C) dot = fmaf(q_lat[c], lr[c], dot);
+    }
+    float dpe = 0.0f;
+    for (int e = lane; e < R; e += 32) dpe = fmaf(qpr[e], kr[e], dpe);
+    const float sc = warp_sum(dot) + warp_sum(dpe) * scale;
+    const float mn = fmaxf(mx, sc);
+    const float corr = __expf(mx - mn), p = __expf(sc - mn);
+    l = l * corr + p;
+#pragma unroll
+    for (int j = 0; j < kMlaPer; ++j) {
+      const int c = lane + 32 * j;
+      acc[j] = acc[j] * corr + (c < C ? p * lr[c] : 0.0f);
+    }
+    mx = mn;
+  }
+#pragma unroll
+  for (int j = 0; j < kMlaPer; ++j) {
+    const int c = lane + 32 * j;
+    if (c < C) o_part[warp * C + c] = acc[j];
+  }
+  if (lane == 0) ml[2 * warp] = mx, ml[2 * warp + 1] = l;
+  __syncthreads();
+  float M = -INFINITY;
+  for (int i = 0; i < kMlaWarps; ++i) M = fmaxf(M, ml[2 * i]);
+  float L = 0.0f;
+  for (int i = 0; i < kMlaWarps; ++i) L += ml[2 * i] == -INFINITY ? 0.0f : ml[2 * i + 1] * __expf(ml[2 * i] - M);
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float a = 0.0f;
+    for (int i = 0; i < kMlaWarps; ++i)
+      if (ml[2 * i] != -INFINITY) a += o_part[i * C + c] * __expf(ml[2 * i] - M);
+    q_lat[c] = a / L;
+  }
+  __syncthreads();
+  float* o = out + t * lo0 + h * lo1;
+  for (int d = warp; d < Dv; d += kMlaWarps) {
+    float a = 0.0f;
+    for (int c = lane; c < C; c += 32) a = fmaf(q_lat[c], wload(w, wrow0 + Dn + d, c), a);
+    a = warp_sum(a);
+    if (lane == 0) o[d] = a;
+  }
+}
+
+// ---- MoE on the device ----
+
+__global__ void moe_route_kernel(int32_t* ids, int64_t ldi, float* wts, int64_t ldw, const float* logits, int64_t ldl,
+                                 const float* bias, RouterParams p) {
+  extern __shared__ float scratch[];  // [3E + n_group]
+  const int64_t t = blockIdx.x;
+  if (threadIdx.x == 0) route_token(logits + t * ldl, bias, p, ids + t * ldi, wts + t * ldw, scratch);
+}
+
+// Counting sort of (token, slot) pairs by expert: list[e * T + i] = pair t * K + j, cnt[e] = pairs of e.
+__global__ void moe_count_kernel(const int32_t* ids, int64_t ldi, int64_t T, int K, int E, int32_t* cnt,
+                                 int32_t* list) {
+  const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= T * K) return;
+  const int64_t t = p / K;
+  const int e = ids[t * ldi + p % K];
+  if (e < 0 || e >= E) return;
+  const int pos = atomicAdd(&cnt[e], 1);
+  list[int64_t(e) * T + pos] = static_cast<int32_t>(p);
+}
+
+constexpr int kMoeTok = 8;  // token rows per register pass
+
+// h[pair] = silu(x[tok] Wg[e]^T) * (x[tok] Wu[e]^T) for every pair routed to expert e; grid (E, ceil(I / 8)).
+__global__ void __launch_bounds__(256) moe_gate_up_kernel(float* hbuf, const float* x, int64_t ldx,
+                                                          const ExpertDesc* experts, const int32_t* cnt,
+                                                          const int32_t* list, int64_t T, int K, int64_t H,
+                                                          int64_t I) {
+  const int e = blockIdx.x;
+  const int n_e = cnt[e];
+  const ExpertDesc ed = experts[e];
+  if (n_e == 0 || ed.gate.w == nullptr) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.y) * 8 + warp;
+  if (row >= I) return;
+  const bool vg = ed.gate.type == W_BF16 && H % 8 == 0 && ed.gate.ld % 8 == 0 && ldx % 4 == 0 && aligned16(ed.gate.w) &&
+                  aligned16(x);
+  const bool vu = ed.up.type == W_BF16 && H % 8 == 0 && ed.up.ld % 8 == 0 && ldx % 4 == 0 && aligned16(ed.up.w) &&
+                  aligned16(x);
+  for (int c0 = 0; c0 < n_e; c0 += kMoeTok) {
+    const int nt = min(kMoeTok, n_e - c0);
+    const float* xr[kMoeTok];
+    int32_t pr[kMoeTok];
+#pragma unroll
+    for (int j = 0; j < kMoeTok; ++j) {
+      pr[j] = j < nt ? list[int64_t(e) * T + c0 + j] : 0;
+      xr[j] = x + int64_t(pr[j] / K) * ldx;
+    }
+    float ag[kMoeTok], au[kMoeTok];
+#pragma unroll
+    for (int j = 0; j < kMoeTok; ++j) ag[j] = au[j] = 0.0f;
+    row_dot<kMoeTok>(ed.gate, row, H, xr, nt, vg, ag);
+    row_dot<kMoeTok>(ed.up, row, H, xr, nt, vu, au);
+#pragma unroll
+    for (int j = 0; j < kMoeTok; ++j) {
+      if (j >= nt) break;
+      const float g = warp_sum(ag[j]), u = warp_sum(au[j]);
+      if (lane == 0) hbuf[int64_t(pr[j]) * I + row] = g / (1.0f + __expf(-g)) * u;
+    }
+  }
+}
+
+// ybuf[pair] = h[pair] Wd[e]^T; grid (E, ceil(H / 8)).
+__global__ void __launch_bounds__(256) moe_down_kernel(float* ybuf, const float* hbuf, const ExpertDesc* experts,
+                                                       const int32_t* cnt, const int32_t* list, int64_t T, int64_t H,
+                                                       int64_t I) {
+  const int e = blockIdx.x;
+  const int n_e = cnt[e];
+  const ExpertDesc ed = experts[e];
+  if (n_e == 0 || ed.down.w == nullptr) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.y) * 8 + warp;
+  if (row >= H) return;
+  const bool vd = ed.down.type == W_BF16 && I % 8 == 0 && ed.down.ld % 8 == 0 && aligned16(ed.down.w) &&
+                  aligned16(hbuf);
+  for (int c0 = 0; c0 < n_e; c0 += kMoeTok) {
+    const int nt = min(kMoeTok, n_e - c0);
+    const float* xr[kMoeTok];
+    int32_t pr[kMoeTok];
+#pragma unroll
+    for (int j = 0; j < kMoeTok; ++j) {
+      pr[j] = j < nt ? list[int64_t(e) * T + c0 + j] : 0;
+      xr[j] = hbuf + int64_t(pr[j]) * I;
+    }
+    float a[kMoeTok];
+#pragma unroll
+    for (int j = 0; j < kMoeTok; ++j) a[j] = 0.0f;
+    row_dot<kMoeTok>(ed.down, row, I, xr, nt, vd, a);
+#pragma unroll
+    for (int j = 0; j < kMoeTok; ++j) {
+      if (j >= nt) break;
+      const float s = warp_sum(a[j]);
+      if (lane == 0) ybuf[int64_t(pr[j]) * H + row] = s;
+    }
+  }
+}
+
+// out[t] = sum_j w[t, j] ybuf[t * K + j] (pairs of experts not on this rank stay zero).
+__global__ void moe_combine_kernel(float* out, int64_t ldo, const float* ybuf, const float* wts, int64_t ldw,
+                                   int64_t T, int K, int64_t H) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= T * H) return;
+  const int64_t t = i / H, d = i % H;
+  float a = 0.0f;
+  for (int j = 0; j < K; ++j) a = fmaf(wts[t * ldw + j], ybuf[(t * K + j) * H + d], a);
+  out[t * ldo + d] = a;
+}
+
+// ---- greedy choice ----
+__global__ void argmax_kernel(int32_t* ids, const float* x, int64_t ldx, int64_t V) {
+  const float* row = x + int64_t(blockIdx.x) * ldx;
+  float best = -INFINITY;
+  int64_t bi = V;  // NaN-only rows pick 0 below
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float v = row[j];
+    if (v > best || (v == best && j < bi)) best = v, bi = j;
+  }
+  __shared__ float sv[32];
+  __shared__ int64_t si[32];
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
+  }
+  const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) sv[w] = best, si[w] = bi;
+  __syncthreads();
+  if (w == 0) {
+    const int nw = blockDim.x / 32;
+    best = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : V;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+      const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
+    }
+    if (lane == 0) ids[blockIdx.x] = static_cast<int32_t>(bi < V ? bi : 0);
+  }
+}
+
+// ---- HBM read probe ----
+__global__ void read_probe_kernel(const uint4* p, int64_t n, uint32_t* sink) {
+  uint32_t acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;  // keeps the loads alive
+}
+
+void check_launch() { CUDA_CHECK(cudaGetLastError()); }
+
+}  // namespace
+
+void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w, int64_t N,
+          int64_t K, const void* bias, int btype) {
+  const bool vec = w.type == W_BF16 && K % 8 == 0 && w.ld % 8 == 0 && ldx % 4 == 0 && aligned16(w.w) && aligned16(x);
+  const unsigned g = blocks(N, 8);
+  if (T <= 1) gemv_kernel<1><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
+  else if (T <= 2) gemv_kernel<2><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
+  else if (T <= 4) gemv_kernel<4><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
+  else gemv_kernel<8><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
+  check_launch();
+}
+
+void combine_halves(cudaStream_t st, float* y, int64_t ldy, const float* y2, int64_t T, int64_t N, const void* bias,
+                    int btype) {
+  combine_halves_kernel<<<blocks(T * N), 256, 0, st>>>(y, ldy, y2, T, N, bias, btype);
+  check_launch();
+}
+
+void copy_rows_segs(cudaStream_t st, float* dst, int64_t ldd, const float* src, int64_t lds, int64_t T, int64_t D,
+                    const SegMeta& m) {
+  copy_rows_segs_kernel<<<blocks(T * D), 256, 0, st>>>(dst, ldd, src, lds, T, D, m);
+  check_launch();
+}
+
+void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
+                    const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
+                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m) {
+  DSFUSE_CHECK(D <= 32 * kAttnPer && Dv <= 32 * kAttnPer, "CUDA attention: head dim ", D, "/", Dv, " above ",
+               32 * kAttnPer);
+  const int wpb = 4;
+  attention_segs_kernel<<<blocks(T * Hq, wpb), 32 * wpb, 0, st>>>(out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0,
+                                                                   lv1, T, Hq, group, D, Dv, scale, m);
+  check_launch();
+}
+
+void mla_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
+              const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
+              int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
+              const SegMeta& m) {
+  DSFUSE_CHECK(C <= 32 * kMlaPer, "CUDA MLA: latent rank ", C, " above ", 32 * kMlaPer);
+  const size_t shm = sizeof(float) * (C + kMlaWarps * C + 2 * kMlaWarps);
+  if (shm > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(mla_segs_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shm)));
+  mla_segs_kernel<<<static_cast<unsigned>(T * H), 32 * kMlaWarps, shm, st>>>(
+      out, lo0, lo1, qn, lqn0, lqn1, qpe, lqp0, lqp1, lat, ll0, kpe, lk0, w, H, Dn, Dv, R, C, scale, m);
+  check_launch();
+}
+
+void moe_route(cudaStream_t st, int32_t* ids, int64_t ldi, float* wts, int64_t ldw, const float* logits,
+               int64_t ldl, const float* bias, int64_t T, const RouterParams& p) {
+  DSFUSE_CHECK(p.n_group <= 256, "CUDA MoE routing: n_group ", p.n_group, " above 256");
+  const size_t shm = sizeof(float) * (3 * p.n_experts + p.n_group);
+  moe_route_kernel<<<static_cast<unsigned>(T), 32, shm, st>>>(ids, ldi, wts, ldw, logits, ldl, bias, p);
+  check_launch();
+}
+
+void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* x, int64_t ldx, const int32_t* ids,
+                         int64_t ldi, const float* wts, int64_t ldw, int64_t T, int K, int64_t H, int64_t I,
+                         const ExpertDesc* experts, int E, int32_t* cnt, int32_t* list, float* hbuf, float* ybuf) {
+  CUDA_CHECK(cudaMemsetAsync(cnt, 0, sizeof(int32_t) * E, st));
+  CUDA_CHECK(cudaMemsetAsync(ybuf, 0, sizeof(float) * T * K * H, st));
+  moe_count_kernel<<<blocks(T * K), 256, 0, st>>>(ids, ldi, T, K, E, cnt, list);
+  check_launch();
+  moe_gate_up_kernel<<<dim3(E, blocks(I, 8)), 256, 0, st>>>(hbuf, x, ldx, experts, cnt, list, T, K, H, I);
+  check_launch();
+  moe_down_kernel<<<dim3(E, blocks(H, 8)), 256, 0, st>>>(ybuf, hbuf, experts, cnt, list, T, H, I);
+  check_launch();
+  moe_combine_kernel<<<blocks(T * H), 256, 0, st>>>(out, ldo, ybuf, wts, ldw, T, K, H);
+  check_launch();
+}
+
+void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V) {
+  argmax_kernel<<<static_cast<unsigned>(R), 1024, 0, st>>>(ids, x, ldx, V);
+  check_launch();
+}
+
+double read_bandwidth_gbs(cudaStream_t st, size_t bytes, int passes) {
+  void* buf = nullptr;
+  uint32_t* sink = nullptr;
+  if (cudaMalloc(&buf, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  CUDA_CHECK(cudaMalloc(&sink, sizeof(uint32_t)));
+  CUDA_CHECK(cudaMemsetAsync(buf, 1, bytes, st));
+  int dev = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  double best = 0;
+  for (int i = 0; i < passes + 1; ++i) {
+    CUDA_CHECK(cudaEventRecord(a, st));
+    read_probe_kernel<<<sms * 8, 512, 0, st>>>(static_cast<const uint4*>(buf), int64_t(bytes / 16), sink);
+    CUDA_CHECK(cudaEventRecord(b, st));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    if (i > 0) best = std::max(best, double(bytes) / (ms * 1e-3) / 1e9);  // first pass warms up
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaFree(sink);
+  cudaFree(buf);
+  return best;
+}
+
+}  // namespace dsfuse::cuda
