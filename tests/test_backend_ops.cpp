@@ -369,7 +369,7 @@ TEST_P(BackendOps, MoeRoutingAndExperts) {
     ref->moe_route(TensorView(ib.data(), DType::I32, {T, 3}), TensorView(wb.data(), DType::F32, {T, 3}),
                    TensorView(logits.data(), DType::F32, {T, E}), bv, p);
     EXPECT_EQ(ia, ib);
-    check("moe_route", wa, wb, 0);
+    check("moe_route", wa, wb, GetParam() == "cpu" ? 0 : 1e-6);  // device expf differs in the last bits
     for (int64_t t = 0; t < T; ++t) {
       // Chosen experts are distinct and, for grouped methods, come from at most topk_group groups.
       std::set<int> ex(ia.begin() + t * 3, ia.begin() + t * 3 + 3), groups;

@@ -11,7 +11,10 @@
 // Decode steps are recorded as CUDA graphs and replayed (graph_begin / graph_launch).
 #include <cublas_v2.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -190,9 +193,23 @@ class CudaBackend final : public Backend {
     f32_ = e && *e && std::string(e) != "0";
     const char* g = std::getenv("DSFUSE_CUDA_GRAPHS");
     graphs_ = !(g && std::string(g) == "0");
+    const char* pr = std::getenv("DSFUSE_CUDA_PROFILE");
+    profile_ = pr && *pr && std::string(pr) != "0";
+    if (profile_) graphs_ = false;
   }
   ~CudaBackend() override {
     cudaSetDevice(dev_);
+    if (profile_ && !prof_.empty()) {
+      double total = 0;
+      for (auto& [k, v] : prof_) total += v.second;
+      std::vector<std::pair<double, std::string>> rows;
+      for (auto& [k, v] : prof_) rows.push_back({v.second, k});
+      std::sort(rows.rbegin(), rows.rend());
+      std::fprintf(stderr, "cuda profile (device %d): %.3f s in ops\n", dev_, total);
+      for (auto& [t, k] : rows)
+        std::fprintf(stderr, "  %-20s %8lld calls %10.3f ms %5.1f%% %8.2f us/call\n", k.c_str(),
+                     static_cast<long long>(prof_[k].first), t * 1e3, 100 * t / total, t * 1e6 / prof_[k].first);
+    }
     cudaStreamSynchronize(stream_);
     drop_graphs();
     for (void* p : owned_) cudaFree(p);
@@ -340,6 +357,7 @@ class CudaBackend final : public Backend {
 
   // ---- ops ----
   void embedding(TensorView out, const TensorView& table, const int32_t* ids, int64_t T) override {
+    Prof prof(this, "embedding");
     Op op(this);
     const int64_t H = table.shape[1];
     const int32_t* d_ids = step_ids(ids, T);
@@ -349,11 +367,13 @@ class CudaBackend final : public Backend {
   }
 
   void linear(TensorView y, const TensorView& x, const Linear& w) override {
+    Prof prof(this, "linear");
     Op op(this);
     linear_impl(y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], x.shape[0], w);
   }
 
   void rms_norm(TensorView y, const TensorView& x, const TensorView& w, float eps) override {
+    Prof prof(this, "rms_norm");
     const int64_t T = x.shape[0], D = x.shape[x.ndim - 1];
     rms_norm_kernel<<<static_cast<unsigned>(T), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], x.ptr<float>(),
                                                                     x.stride[0], D, w.data, wtype_of(w.dtype), eps);
@@ -361,12 +381,14 @@ class CudaBackend final : public Backend {
   }
 
   void add(TensorView y, const TensorView& x) override {
+    Prof prof(this, "add");
     const int64_t T = x.shape[0], D = x.numel() / T;
     add_kernel<<<blocks(T * D), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], T, D);
     check_launch();
   }
 
   void silu_mul(TensorView y, const TensorView& gate, const TensorView& up) override {
+    Prof prof(this, "silu_mul");
     const int64_t T = gate.shape[0], I = gate.shape[gate.ndim - 1];
     silu_mul_kernel<<<blocks(T * I), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], gate.ptr<float>(),
                                                          gate.stride[0], up.ptr<float>(), up.stride[0], T, I);
@@ -374,6 +396,7 @@ class CudaBackend final : public Backend {
   }
 
   void rope(TensorView x, int offset, const RopeTable& tab, RopeStyle style, const int32_t* pos) override {
+    Prof prof(this, "rope");
     Op op(this);
     const int64_t T = x.shape[0], H = x.shape[1];
     const int half = tab.rot_dim() / 2;
@@ -386,6 +409,7 @@ class CudaBackend final : public Backend {
   }
 
   void copy_rows(TensorView dst, int64_t r0, const TensorView& src, const PagedRows& rows) override {
+    Prof prof(this, "copy_rows");
     Op op(this);
     const int64_t T = src.shape[0], D = src.numel() / T;
     const int32_t* tab = rows.table ? stage(rows.table, (r0 + T - 1) / rows.block_size + 1) : nullptr;
@@ -406,10 +430,12 @@ class CudaBackend final : public Backend {
   }
 
   void argmax_rows(TensorView ids, const TensorView& x) override {
+    Prof prof(this, "argmax");
     cuda::argmax_rows(stream_, ids.ptr<int32_t>(), x.ptr<float>(), x.stride[0], x.shape[0], x.shape[1]);
   }
 
   void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs) override {
+    Prof prof(this, "copy_rows_segs");
     Op op(this);
     const int64_t T = src.shape[0], D = src.numel() / T;
     cuda::copy_rows_segs(stream_, dst.ptr<float>(), dst.stride[0], src.ptr<float>(), src.stride[0], T, D,
@@ -418,6 +444,7 @@ class CudaBackend final : public Backend {
 
   void attention_segs(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, float scale,
                       const std::vector<SeqSegment>& segs) override {
+    Prof prof(this, "attention_segs");
     Op op(this);
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
     cuda::attention_segs(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q.ptr<float>(), q.stride[0],
@@ -428,6 +455,7 @@ class CudaBackend final : public Backend {
   void mla_attention_segs(TensorView out, const TensorView& q_nope, const TensorView& q_pe, const TensorView& latent,
                           const TensorView& k_pe, const Linear& kv_b, float scale,
                           const std::vector<SeqSegment>& segs) override {
+    Prof prof(this, "mla_attention_segs");
     Op op(this);
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2];
@@ -439,6 +467,7 @@ class CudaBackend final : public Backend {
 
   void moe_route(TensorView ids, TensorView weights, const TensorView& logits, const TensorView& bias,
                  const RouterParams& p) override {
+    Prof prof(this, "moe_route");
     Op op(this);
     const int64_t T = logits.shape[0], E = p.n_experts;
     const float* d_bias = nullptr;
@@ -458,6 +487,7 @@ class CudaBackend final : public Backend {
 
   void moe_experts(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
                    const std::vector<ExpertWeights>& experts) override {
+    Prof prof(this, "moe_experts");
     Op op(this);
     const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
     if (capturing_ || T * K <= 8192) {
@@ -518,6 +548,32 @@ class CudaBackend final : public Backend {
       if (b->depth_++ == 0) b->reset_scratch();
     }
     ~Op() { --b->depth_; }
+  };
+  // DSFUSE_CUDA_PROFILE=1: every op is timed (synchronizing before and after; graphs off) and a table of
+  // time per op kind is printed when the backend goes away.
+  struct Prof {
+    CudaBackend* b;
+    const char* name;
+    std::chrono::steady_clock::time_point t0;
+    Prof(CudaBackend* be, const char* n) : b(be), name(n) {
+      if (!b->profile_ || b->prof_depth_++ > 0) {
+        b = b->profile_ ? b : nullptr;
+        name = nullptr;
+        return;
+      }
+      cudaStreamSynchronize(b->stream_);
+      t0 = std::chrono::steady_clock::now();
+    }
+    ~Prof() {
+      if (!b) return;
+      if (name) {
+        cudaStreamSynchronize(b->stream_);
+        auto& e = b->prof_[name];
+        e.first += 1;
+        e.second += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+      --b->prof_depth_;
+    }
   };
   struct Graph {
     cudaGraphExec_t exec = nullptr;
@@ -810,7 +866,9 @@ class CudaBackend final : public Backend {
   }
 
   int dev_ = 0;
-  bool f32_ = false, graphs_ = true;
+  bool f32_ = false, graphs_ = true, profile_ = false;
+  int prof_depth_ = 0;
+  std::map<std::string, std::pair<int64_t, double>> prof_;
   int depth_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
