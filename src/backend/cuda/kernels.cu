@@ -3,6 +3,7 @@
 // common.cuh; cuda_backend.cu decides when each is used.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "ops/moe_routing.h"
@@ -166,6 +167,88 @@ __global__ void attention_segs_kernel(float* out, int64_t lo0, int64_t lo1, cons
   for (int j = 0; j < kAttnPer; ++j) {
     const int d = lane + 32 * j;
     if (d < Dv) o[d] = acc[j] / l;
+  }
+}
+
+// GQA attention, one block of kGqWarps warps per (token, kv head, chunk of up to G query heads): each warp takes
+// every kGqWarps-th key, loads the key/value row once for all G heads of the group (online softmax per head in
+// registers, D = Dh * 32 per lane), then the warps' partial results are merged through shared memory.
+constexpr int kGqWarps = 4;
+template <int G, int DH>
+__global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
+    float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1, const float* k, int64_t lk0,
+    int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t Hkv, int64_t group, int D, int Dv, float scale,
+    SegMeta m) {
+  const int nchunk = int((group + G - 1) / G);
+  const int64_t t = blockIdx.x / (Hkv * nchunk);
+  const int64_t kh = (blockIdx.x / nchunk) % Hkv;
+  const int h0 = int(blockIdx.x % nchunk) * G;
+  const int ng = group - h0 < G ? int(group - h0) : G;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  int64_t S;
+  const int32_t* table;
+  seg_of(m, t, S, table);
+  const int bs = m.block_size;
+  float qr[G][DH], acc[G][DH], mx[G], l[G];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const float* qp = q + t * lq0 + (kh * group + h0 + g) * lq1;
+#pragma unroll
+    for (int j = 0; j < DH; ++j) {
+      const int d = lane + 32 * j;
+      qr[g][j] = (g < ng && d < D) ? qp[d] * scale : 0.0f;
+      acc[g][j] = 0.0f;
+    }
+    mx[g] = -INFINITY;
+    l[g] = 0.0f;
+  }
+  for (int64_t s = warp; s < S; s += kGqWarps) {
+    const int64_t r = phys_row(table, bs, s);
+    const float* kr = k + r * lk0 + kh * lk1;
+    const float* vr = v + r * lv0 + kh * lv1;
+    float kv[DH], vv[DH];
+#pragma unroll
+    for (int j = 0; j < DH; ++j) {
+      const int d = lane + 32 * j;
+      kv[j] = d < D ? kr[d] : 0.0f;
+      vv[j] = d < Dv ? vr[d] : 0.0f;
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int j = 0; j < DH; ++j) dot = fmaf(qr[g][j], kv[j], dot);
+      const float sc = warp_sum(dot);
+      const float mn = fmaxf(mx[g], sc);
+      const float corr = __expf(mx[g] - mn), p = __expf(sc - mn);
+      l[g] = l[g] * corr + p;
+#pragma unroll
+      for (int j = 0; j < DH; ++j) acc[g][j] = fmaf(acc[g][j], corr, p * vv[j]);
+      mx[g] = mn;
+    }
+  }
+  // Merge the warps: shared [kGqWarps][G] (m, l) and [kGqWarps][G][32 * DH] partial outputs.
+  __shared__ float sm_ml[kGqWarps][G][2];
+  __shared__ float sm_acc[kGqWarps][G][32 * DH];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) sm_ml[warp][g][0] = mx[g], sm_ml[warp][g][1] = l[g];
+#pragma unroll
+    for (int j = 0; j < DH; ++j) sm_acc[warp][g][lane + 32 * j] = acc[g][j];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < ng * Dv; i += blockDim.x) {
+    const int g = i / Dv, d = i % Dv;
+    float M = -INFINITY;
+    for (int w = 0; w < kGqWarps; ++w) M = fmaxf(M, sm_ml[w][g][0]);
+    float L = 0.0f, a = 0.0f;
+    for (int w = 0; w < kGqWarps; ++w) {
+      if (sm_ml[w][g][0] == -INFINITY) continue;
+      const float f = __expf(sm_ml[w][g][0] - M);
+      L += sm_ml[w][g][1] * f;
+      a += sm_acc[w][g][d] * f;
+    }
+    out[t * lo0 + (kh * group + h0 + g) * lo1 + d] = a / L;
   }
 }
 
@@ -431,9 +514,30 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
                     int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m) {
   DSFUSE_CHECK(D <= 32 * kAttnPer && Dv <= 32 * kAttnPer, "CUDA attention: head dim ", D, "/", Dv, " above ",
                32 * kAttnPer);
-  const int wpb = 4;
-  attention_segs_kernel<<<blocks(T * Hq, wpb), 32 * wpb, 0, st>>>(out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0,
-                                                                   lv1, T, Hq, group, D, Dv, scale, m);
+  const int64_t Hkv = Hq / group;
+  const int maxd = std::max(D, Dv);
+  auto launch = [&](auto gtag, auto dtag) {
+    constexpr int G = decltype(gtag)::value, DH = decltype(dtag)::value;
+    const int64_t nchunk = (group + G - 1) / G;
+    attention_gqa_kernel<G, DH><<<static_cast<unsigned>(T * Hkv * nchunk), 32 * kGqWarps, 0, st>>>(
+        out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, D, Dv, scale, m);
+  };
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
+  using I4 = std::integral_constant<int, 4>;
+  using I8 = std::integral_constant<int, 8>;
+  if (maxd <= 128) {
+    if (group == 1) launch(I1{}, I4{});
+    else if (group <= 2) launch(I2{}, I4{});
+    else if (group <= 4) launch(I4{}, I4{});
+    else launch(I8{}, I4{});
+  } else if (maxd <= 256 && group == 1) {
+    launch(I1{}, I8{});
+  } else {
+    const int wpb = 4;
+    attention_segs_kernel<<<blocks(T * Hq, wpb), 32 * wpb, 0, st>>>(out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0,
+                                                                     lv1, T, Hq, group, D, Dv, scale, m);
+  }
   check_launch();
 }
 
