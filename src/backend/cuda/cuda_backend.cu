@@ -420,6 +420,8 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void* native_stream() override { return stream_; }
+  void bind_thread() override { CUDA_CHECK(cudaSetDevice(dev_)); }
 
   TensorView prepare(const TensorView& v) override {
     if (v.empty()) return v;
