@@ -587,7 +587,7 @@ class CudaBackend final : public Backend {
     zero_rows_kernel<<<blocks(T * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], T, H);
     for (size_t e = 0; e < experts.size(); ++e) {
       const int64_t n = static_cast<int64_t>(tok[e].size());
-      if (!n) continue;
+      if (!n || experts[e].gate.empty()) continue;  // no tokens, or another rank's expert
       const ExpertWeights& ew = experts[e];
       const int64_t I = ew.gate.out_features();
       const int32_t* d_idx = stage(tok[e].data(), n);
