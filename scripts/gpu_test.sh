@@ -5,6 +5,9 @@
 # Env: DSFUSE_FIXTURES (fixture root), DSFUSE_DEBS (folder of .deb dev packages to unpack into /tmp/dsfuse-deps
 # when this machine lacks them), BUILD_DIR (default build-gpu), JOBS (default nproc), LOG_DIR (keeps the logs).
 set -uo pipefail
+# NVLink multicast stays off (on shared machines it can take the host's GPUs out of service); the NCCL
+# communicator forces it off too.
+export NCCL_NVLS_ENABLE=0
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
@@ -45,7 +48,7 @@ for mode in f32 bf16; do
   t1=$(date +%s)
   "$BUILD_DIR/dsfuse_tests" --gtest_filter="$FILTER" > "$LOG_DIR/tests-$mode.log" 2>&1 || status=1
   echo "=== cuda $mode mode ($(( $(date +%s) - t1 )) s) ==="
-  grep -E "^\[(parity|greedy|ops)\]" "$LOG_DIR/tests-$mode.log" | grep -E "cuda|\[greedy\]|\[ops\]" |
+  grep -E "^\[(parity|greedy|ops|tp)\]" "$LOG_DIR/tests-$mode.log" | grep -E "cuda|\[greedy\]|\[ops\]" |
     grep -vE "^\[parity\] (cpu|reference)" || true
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|Failure|error" "$LOG_DIR/tests-$mode.log" | head -40
 done
