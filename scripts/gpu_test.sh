@@ -6,6 +6,9 @@
 # when this machine lacks them; default ../debs, else .carry/debs), BUILD_DIR (default build-gpu), JOBS (default
 # nproc), LOG_DIR (keeps the logs). The dependency/build prologue is scripts/gpu_env.sh.
 set -uo pipefail
+# NVLink multicast stays off (on shared machines it can take the host's GPUs out of service); the NCCL
+# communicator forces it off too.
+export NCCL_NVLS_ENABLE=0
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
 source scripts/gpu_env.sh || exit $?  # dependencies (system or carried .debs), nvcc on PATH, BUILD_DIR, JOBS, gpu_build
@@ -23,7 +26,7 @@ for mode in f32 bf16; do
   t1=$(date +%s)
   "$BUILD_DIR/dsfuse_tests" --gtest_filter="$FILTER" > "$LOG_DIR/tests-$mode.log" 2>&1 || status=1
   echo "=== cuda $mode mode ($(( $(date +%s) - t1 )) s) ==="
-  grep -E "^\[(parity|greedy|ops)\]" "$LOG_DIR/tests-$mode.log" | grep -E "cuda|\[greedy\]|\[ops\]" |
+  grep -E "^\[(parity|greedy|ops|tp)\]" "$LOG_DIR/tests-$mode.log" | grep -E "cuda|\[greedy\]|\[ops\]" |
     grep -vE "^\[parity\] (cpu|reference)" || true
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|Failure|error" "$LOG_DIR/tests-$mode.log" | head -40
 done

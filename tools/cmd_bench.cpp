@@ -49,7 +49,7 @@ int run_bench(int argc, char** argv) {
                "dsfuse bench"};
   std::string model, config, quant = "none", device = "cpu";
   bool dummy = false, json_out = false;
-  int prompt_len = 128, gen_len = 64, batch = 1, threads = 0, repeat = 3;
+  int prompt_len = 128, gen_len = 64, batch = 1, threads = 0, repeat = 3, tp = 1;
   double bw_override = 0;
   auto* mo = app.add_option("--model", model, "Hugging Face model directory");
   auto* co = app.add_option("--config", config, "config.json (with --dummy-weights)");
@@ -61,7 +61,8 @@ int run_bench(int argc, char** argv) {
   app.add_option("--batch", batch, "sequences run together (one batched forward per step)")->check(CLI::Range(1, 4096));
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   app.add_option("--repeat", repeat, "repetitions (medians reported)")->check(CLI::Range(1, 1000));
-  app.add_option("--device", device, "cpu, reference, cuda or cuda:N");
+  app.add_option("--device", device, "cpu, reference, cuda or cuda:N (CUDA builds)");
+  app.add_option("--tensor-parallel", tp, "ranks to shard the model over (GPUs N, N+1, ... on cuda:N)")->check(CLI::Range(1, 64));
   app.add_option("--bandwidth-gbs", bw_override, "skip the probe and use this bandwidth (GB/s)");
   app.add_flag("--json", json_out, "print one JSON line at the end");
   CLI11_PARSE(app, argc, argv);
@@ -86,6 +87,7 @@ int run_bench(int argc, char** argv) {
   LoadOptions lo;
   lo.threads = threads;
   lo.device = device;
+  lo.tensor_parallel = tp;
   lo.quant = quant;
   const double tl = now_s();
   auto m = dummy ? Model::load_dummy(config, lo, 1) : Model::load(model, lo);

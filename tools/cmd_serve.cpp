@@ -48,6 +48,7 @@ int run_serve(int argc, char** argv) {
   app.add_option("--quant", quant, "none, int8, int8-asym");
   app.add_option("--device", device, "cpu, reference, cuda or cuda:N (weights and the KV pool live there)");
   app.add_option("--tensor-parallel", tp, "ranks")->check(CLI::Range(1, 64));
+  app.add_option("--device", device, "cpu, reference, cuda or cuda:N (CUDA builds; ranks on GPUs N, N+1, ...)");
   app.add_option("--drain-seconds", drain, "on SIGTERM, time given to in-flight requests");
   CLI11_PARSE(app, argc, argv);
 

@@ -95,6 +95,12 @@ class Backend {
   virtual void copy_to_device(void* dst, const void* src, size_t bytes) = 0;
   virtual void copy_to_host(void* dst, const void* src, size_t bytes) = 0;
   virtual void synchronize() {}
+  // The device stream ops are queued on (a cudaStream_t for CUDA; null on the CPU, whose ops finish before
+  // they return), for communicators that queue their collectives after the ops that produce the data.
+  virtual void* native_stream() { return nullptr; }
+  // Called by a worker thread before it uses this backend (CUDA: makes the backend's GPU current for the
+  // thread, since kernels are launched on the calling thread's current device).
+  virtual void bind_thread() {}
   // Weight residency: the loader passes every weight through these once. The CPU backend uses the
   // memory-mapped bytes as they are; a device backend returns copies in its own memory.
   virtual Linear prepare(const Linear& w) { return w; }

@@ -10,6 +10,9 @@
 #ifdef DSFUSE_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
+#ifdef DSFUSE_HAVE_NCCL
+#include "parallel/nccl_communicator.h"
+#endif
 
 namespace dsfuse {
 
@@ -71,12 +74,13 @@ Linear WeightLoader::shard(const Linear& l, const std::string& name, Split split
 }
 
 Linear WeightLoader::linear(const std::string& name, int64_t N, int64_t K, bool bias, Split split) {
+  const size_t held = store_.size();
   Linear l = shard(load_linear(name, N, K, bias), name, split);
   if (quant_ != QuantType::None) {
     l = quantize_linear(l, quant_, store_);
     if (ck_.is_synthetic() && tp_.size == 1) ck_.release(name + ".weight");
   }
-  return be_ ? be_->prepare(l) : l;
+  return prepare(l, held);
 }
 
 Linear WeightLoader::linear_fused(const std::vector<std::pair<std::string, int64_t>>& parts, int64_t K, bool bias,
@@ -121,8 +125,17 @@ Linear WeightLoader::linear_fused(const std::vector<std::pair<std::string, int64
 }
 
 Linear WeightLoader::linear_exact(const std::string& name, int64_t N, int64_t K, bool bias, Split split) {
-  Linear l = shard(load_linear(name, N, K, bias), name, split);
-  return be_ ? be_->prepare(l) : l;
+  const size_t held = store_.size();
+  return prepare(shard(load_linear(name, N, K, bias), name, split), held);
+}
+
+Linear WeightLoader::prepare(const Linear& l, size_t held) {
+  if (!be_) return l;
+  Linear out = be_->prepare(l);
+  // A device backend made its own copy: host buffers made for this weight since `held` (a tensor-parallel
+  // shard's column copy, quantized bytes) are not needed any more.
+  if (!(be_->device() == Device::cpu())) store_.resize(held);
+  return out;
 }
 
 Linear WeightLoader::load_linear(const std::string& name, int64_t N, int64_t K, bool bias) {
@@ -358,24 +371,31 @@ const char* family_name(Family f) {
   return "?";
 }
 
+bool is_cuda_device(const std::string& device) { return device == "cuda" || device.rfind("cuda:", 0) == 0; }
+
+// N of "cuda:N" (0 for "cuda").
+int cuda_base_index(const std::string& device) {
+  int idx = 0;
+  if (device.size() > 5) {
+    size_t used = 0;
+    try {
+      idx = std::stoi(device.substr(5), &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    DSFUSE_CHECK(used > 0 && used == device.size() - 5 && idx >= 0, "device '", device, "': expected cuda:N");
+  }
+  return idx;
+}
+
 // The backend of tensor-parallel rank `rank` for `device`: "cpu", "reference", "cuda" or "cuda:N" (rank r of
 // a group on "cuda" uses GPU r; on "cuda:N", GPU N + r).
 std::unique_ptr<Backend> make_backend(const std::string& device, int rank, int threads) {
   if (device == "cpu") return make_cpu_backend(threads);
   if (device == "reference") return make_reference_backend();
 #ifdef DSFUSE_HAVE_CUDA
-  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
-    int idx = 0;
-    if (device.size() > 5) {
-      size_t used = 0;
-      try {
-        idx = std::stoi(device.substr(5), &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      DSFUSE_CHECK(used > 0 && used == device.size() - 5 && idx >= 0, "device '", device, "': expected cuda:N");
-    }
-    idx += rank;
+  if (is_cuda_device(device)) {
+    const int idx = cuda_base_index(device) + rank;
     DSFUSE_CHECK(cuda_device_count() > idx, "device '", device, "'", rank ? cat(" (rank ", rank, ")") : "",
                  ": no such CUDA device (", cuda_device_count(), " found)");
     return make_cuda_backend(idx);
@@ -395,19 +415,44 @@ class ModelImpl final : public Model {
     DSFUSE_CHECK(it != model_registry().end(), "no implementation registered for ", cfg_.architecture);
     for (const auto& name : ck_->names())
       if (name.size() > 20 && name.compare(name.size() - 20, 20, ".rotary_emb.inv_freq") == 0) ck_->mark_ignored(name);
-    DSFUSE_CHECK(n == 1 || opts.device == "cpu" || opts.device == "reference", "--tensor-parallel ", n, " on device '",
-                 opts.device, "' needs an NCCL communicator, which is not built yet (CPU ranks only)");
-    if (n > 1) comms_ = make_inprocess_group(n);
+    const bool cuda = is_cuda_device(opts.device);
+#ifdef DSFUSE_HAVE_CUDA
+    if (n > 1 && cuda) {
+#ifndef DSFUSE_HAVE_NCCL
+      fail(cat("--tensor-parallel ", n, " on device '", opts.device,
+               "' needs NCCL, and this build is built without NCCL (install NCCL and rebuild, or use --device cpu)"));
+#endif
+      const int base = cuda_base_index(opts.device), found = cuda_device_count();
+      DSFUSE_CHECK(base + n <= found, "--tensor-parallel ", n, " needs ", n, " CUDA devices starting at cuda:", base,
+                   ", found ", found);
+    }
+#endif
+    // Every rank's backend first (a CUDA group's communicators need them all), then the communicators, then
+    // the ranks' weights, one rank after another, each with its device bound to this thread.
     const int threads = opts.threads > 0 ? std::max(1, opts.threads / n) : 0;
     for (int r = 0; r < n; ++r) {
       Rank rank;
       rank.be = make_backend(opts.device, r, n > 1 && threads == 0 ? 1 : threads);
+      ranks_.push_back(std::move(rank));
+    }
+    if (n > 1 && cuda) {
+#ifdef DSFUSE_HAVE_NCCL
+      std::vector<Backend*> bes;
+      for (auto& r : ranks_) bes.push_back(r.be.get());
+      comms_ = make_nccl_group(bes);
+#endif
+    } else if (n > 1) {
+      comms_ = make_inprocess_group(n);
+    }
+    for (int r = 0; r < n; ++r) {
+      Rank& rank = ranks_[static_cast<size_t>(r)];
+      rank.be->bind_thread();
       rank.wl = std::make_unique<WeightLoader>(*ck_, cfg_, parse_quant_type(opts.quant));
       rank.wl->set_backend(rank.be.get());
       if (n > 1) rank.wl->set_tp(TPInfo{r, n, comms_[static_cast<size_t>(r)].get()});
       rank.lm = it->second(cfg_, *rank.wl, *rank.be);
-      ranks_.push_back(std::move(rank));
     }
+    ranks_[0].be->bind_thread();
     if (n > 1) {
       std::vector<CausalLM*> lms;
       for (auto& r : ranks_) lms.push_back(r.lm.get());
@@ -422,6 +467,23 @@ class ModelImpl final : public Model {
                ": not part of ", cfg_.architecture, " with this config.json"));
     }
     log::info(cat("loaded ", cfg_.architecture, " from ", ck_->root().string(), n > 1 ? cat(", tensor-parallel ", n) : ""));
+  }
+
+  ~ModelImpl() override {
+    // The group's threads first, then the communicators (an NCCL group waits for each GPU's queued work),
+    // then each rank's model, loader and backend with its device bound (device memory and streams are
+    // released on the GPU they belong to).
+    group_.reset();
+    comms_.clear();
+    for (auto it = ranks_.rbegin(); it != ranks_.rend(); ++it) {
+      try {
+        it->be->bind_thread();
+      } catch (const std::exception&) {
+      }
+      it->lm.reset();
+      it->wl.reset();
+      it->be.reset();
+    }
   }
 
   ModelInfo info() const override {
@@ -476,8 +538,8 @@ class ModelImpl final : public Model {
   };
   ModelConfig cfg_;
   std::unique_ptr<Checkpoint> ck_;
-  std::vector<std::unique_ptr<Communicator>> comms_;
   std::vector<Rank> ranks_;  // members of a rank are destroyed lm -> wl -> be
+  std::vector<std::unique_ptr<Communicator>> comms_;  // destroyed before the backends (also when loading fails)
   std::unique_ptr<TPGroup> group_;
 };
 

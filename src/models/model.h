@@ -61,6 +61,8 @@ class WeightLoader {
  private:
   Linear load_linear(const std::string& name, int64_t N, int64_t K, bool bias);
   Linear shard(const Linear& l, const std::string& name, Split split);
+  // be_->prepare(l); drops the host buffers made since store_.size() was `held` when be_ keeps its own copy.
+  Linear prepare(const Linear& l, size_t held);
   TPInfo tp_;
   Backend* be_ = nullptr;
   void check_float(const std::string& name, const TensorView& v, bool allow_fp8);
@@ -117,6 +119,7 @@ class CausalLM : public BatchModel {
   }
 
   const ModelConfig& config() const { return cfg_; }
+  Backend& backend() const { return be_; }
   int vocab_size() const override { return cfg_.vocab_size; }
   int max_context() const override { return cfg_.max_position_embeddings; }
   virtual std::string kv_layout() const = 0;

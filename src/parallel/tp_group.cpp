@@ -2,8 +2,19 @@
 
 namespace dsfuse {
 
-TPCache::TPCache(Backend& be0, std::vector<std::unique_ptr<KVCache>> kids, int64_t max_tokens)
-    : KVCache(be0, 0, max_tokens, 0, 0), kids_(std::move(kids)) {}
+TPCache::TPCache(Backend& be0, std::vector<std::unique_ptr<KVCache>> kids, std::vector<Backend*> backends,
+                 int64_t max_tokens)
+    : KVCache(be0, 0, max_tokens, 0, 0), kids_(std::move(kids)), backends_(std::move(backends)) {}
+
+TPCache::~TPCache() {
+  for (size_t r = 0; r < kids_.size(); ++r) {
+    try {
+      backends_[r]->bind_thread();
+    } catch (const std::exception&) {
+    }
+    kids_[r].reset();
+  }
+}
 
 size_t TPCache::bytes_per_token() const {
   size_t n = 0;
@@ -26,6 +37,11 @@ TPGroup::~TPGroup() {
 }
 
 void TPGroup::worker(int r) {
+  try {
+    ranks_[static_cast<size_t>(r)]->backend().bind_thread();
+  } catch (const std::exception&) {
+    // reported by the job, which binds again
+  }
   uint64_t seen = 0;
   for (;;) {
     std::function<void(int)> job;
@@ -48,13 +64,25 @@ void TPGroup::worker(int r) {
 
 std::unique_ptr<KVCache> TPGroup::new_cache(int64_t max_tokens) const {
   std::vector<std::unique_ptr<KVCache>> kids;
-  for (auto* r : ranks_) kids.push_back(r->new_cache(max_tokens));
-  return std::make_unique<TPCache>(be0_, std::move(kids), max_tokens);
+  std::vector<Backend*> backends;
+  for (auto* r : ranks_) {
+    r->backend().bind_thread();
+    kids.push_back(r->new_cache(max_tokens));
+    backends.push_back(&r->backend());
+  }
+  ranks_[0]->backend().bind_thread();
+  return std::make_unique<TPCache>(be0_, std::move(kids), std::move(backends), max_tokens);
 }
 
 void TPGroup::forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) {
   auto& tp = dynamic_cast<TPCache&>(pool);
-  auto job = [&](int r) { ranks_[static_cast<size_t>(r)]->forward_batch(b, tp.rank(r), logit_rows, r == 0 ? logits : nullptr); };
+  // Binding on every call is cheap, and rank 0 runs on the caller's thread, which may have used another GPU
+  // since (loading, cache allocation).
+  auto job = [&](int r) {
+    CausalLM& lm = *ranks_[static_cast<size_t>(r)];
+    lm.backend().bind_thread();
+    lm.forward_batch(b, tp.rank(r), logit_rows, r == 0 ? logits : nullptr);
+  };
   {
     std::lock_guard<std::mutex> lk(mu_);
     job_ = job;

@@ -12,15 +12,18 @@
 
 namespace dsfuse {
 
-// KV cache of a group: one child cache per rank.
+// KV cache of a group: one child cache per rank (freed with its rank's device bound to the thread).
 class TPCache final : public KVCache {
  public:
-  TPCache(Backend& be0, std::vector<std::unique_ptr<KVCache>> kids, int64_t max_tokens);
+  TPCache(Backend& be0, std::vector<std::unique_ptr<KVCache>> kids, std::vector<Backend*> backends,
+          int64_t max_tokens);
+  ~TPCache() override;
   KVCache& rank(int r) { return *kids_[static_cast<size_t>(r)]; }
   size_t bytes_per_token() const override;
 
  private:
   std::vector<std::unique_ptr<KVCache>> kids_;
+  std::vector<Backend*> backends_;
 };
 
 class TPGroup final : public BatchModel {
@@ -30,7 +33,8 @@ class TPGroup final : public BatchModel {
   int vocab_size() const override { return ranks_[0]->vocab_size(); }
   int max_context() const override { return ranks_[0]->max_context(); }
   std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override;
-  // Every rank runs the same batch; rank 0 writes the (all-gathered) logits.
+  // Every rank runs the same batch on its own thread (rank 0 on the caller's), each thread bound to its rank's
+  // backend first; rank 0 writes the (all-gathered) logits.
   void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) override;
 
  private:

@@ -244,6 +244,8 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
   void synchronize() override { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  void* native_stream() override { return stream_; }
+  void bind_thread() override { CUDA_CHECK(cudaSetDevice(dev_)); }
 
   double measure_bandwidth_gbs() override {
     CUDA_CHECK(cudaSetDevice(dev_));
@@ -513,7 +515,7 @@ class CudaBackend final : public Backend {
     zero_rows_kernel<<<blocks(T * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], T, H);
     for (size_t e = 0; e < experts.size(); ++e) {
       const int64_t n = static_cast<int64_t>(tok[e].size());
-      if (!n) continue;
+      if (!n || experts[e].gate.empty()) continue;  // no tokens, or another rank's expert
       const ExpertWeights& ew = experts[e];
       if (ew.gate.empty()) continue;  // another expert-parallel rank's expert
       const int64_t I = ew.gate.out_features();
