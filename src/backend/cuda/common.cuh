@@ -93,11 +93,16 @@ void copy_rows_segs(cudaStream_t st, float* dst, int64_t ldd, const float* src, 
                     const SegMeta& m);
 void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
                     const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
-                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m);
+                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part, int sms,
+                    int max_split);
+// Partial-result scratch (floats) attention_segs needs for up to `max_split` key splits.
+inline int64_t attention_part_floats(int64_t T, int64_t Hq, int Dv, int max_split) {
+  return T * Hq * max_split * (Dv + 2);
+}
 void mla_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
               const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
               int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
-              const SegMeta& m);
+              const SegMeta& m, float* part, int nsplit);  // part: [T * H, nsplit, C + 2] floats when nsplit > 1
 // MoE on the device (no host synchronisation): routing, and the routed experts as grouped GEMVs.
 struct ExpertDesc {
   WDesc gate, up, down;  // gate.w == nullptr: expert not on this rank

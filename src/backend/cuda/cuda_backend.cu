@@ -186,6 +186,7 @@ class CudaBackend final : public Backend {
     DSFUSE_CHECK(dev >= 0 && dev < n, "CUDA device ", dev, " not present (", n, " found)");
     CUDA_CHECK(cudaSetDevice(dev_));
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, dev_));
     CUBLAS_CHECK(cublasCreate(&blas_));
     CUBLAS_CHECK(cublasSetStream(blas_, stream_));
     CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));  // no TF32: f32 GEMMs stay f32
@@ -199,13 +200,15 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaSetDevice(dev_);
+    if (profile_) prof_resolve();
+    for (cudaEvent_t e : prof_events_) cudaEventDestroy(e);
     if (profile_ && !prof_.empty()) {
       double total = 0;
       for (auto& [k, v] : prof_) total += v.second;
       std::vector<std::pair<double, std::string>> rows;
       for (auto& [k, v] : prof_) rows.push_back({v.second, k});
       std::sort(rows.rbegin(), rows.rend());
-      std::fprintf(stderr, "cuda profile (device %d): %.3f s in ops\n", dev_, total);
+      std::fprintf(stderr, "cuda profile (device %d): %.3f s of GPU time in ops\n", dev_, total);
       for (auto& [t, k] : rows)
         std::fprintf(stderr, "  %-20s %8lld calls %10.3f ms %5.1f%% %8.2f us/call\n", k.c_str(),
                      static_cast<long long>(prof_[k].first), t * 1e3, 100 * t / total, t * 1e6 / prof_[k].first);
@@ -449,9 +452,14 @@ class CudaBackend final : public Backend {
     Prof prof(this, "attention_segs");
     Op op(this);
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
+    // Key splits only when tokens x kv heads leave the GPU idle (decode of small batches).
+    const int64_t nb = T * Hkv;
+    const int max_split = nb >= 2 * sms_ ? 1 : static_cast<int>(std::min<int64_t>(32, (2 * sms_ + nb - 1) / nb));
+    float* part = max_split > 1 ? scratch_f(attention_part_floats(T, Hq, int(Dv), max_split)) : nullptr;
     cuda::attention_segs(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q.ptr<float>(), q.stride[0],
                          q.stride[1], k.ptr<float>(), k.stride[0], k.stride[1], v.ptr<float>(), v.stride[0],
-                         v.stride[1], T, Hq, Hq / Hkv, int(D), int(Dv), scale, seg_meta(segs, T));
+                         v.stride[1], T, Hq, Hq / Hkv, int(D), int(Dv), scale, seg_meta(segs, T), part, sms_,
+                         max_split);
   }
 
   void mla_attention_segs(TensorView out, const TensorView& q_nope, const TensorView& q_pe, const TensorView& latent,
@@ -461,10 +469,14 @@ class CudaBackend final : public Backend {
     Op op(this);
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2];
+    // Key splits when tokens x heads leave the GPU idle (decode of small batches); 64+ keys per split.
+    const int64_t nb = T * H;
+    const int nsplit = nb >= 2 * sms_ ? 1 : static_cast<int>(std::min<int64_t>(16, (2 * sms_ + nb - 1) / nb));
+    float* part = nsplit > 1 ? scratch_f(nb * nsplit * (C + 2)) : nullptr;
     cuda::mla_segs(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q_nope.ptr<float>(), q_nope.stride[0],
                    q_nope.stride[1], q_pe.ptr<float>(), q_pe.stride[0], q_pe.stride[1], latent.ptr<float>(),
                    latent.stride[0], k_pe.ptr<float>(), k_pe.stride[0], desc_of(kv_b), T, H, int(Dn), int(Dv),
-                   int(R), int(C), scale, seg_meta(segs, T));
+                   int(R), int(C), scale, seg_meta(segs, T), part, nsplit);
   }
 
   void moe_route(TensorView ids, TensorView weights, const TensorView& logits, const TensorView& bias,
@@ -551,32 +563,61 @@ class CudaBackend final : public Backend {
     }
     ~Op() { --b->depth_; }
   };
-  // DSFUSE_CUDA_PROFILE=1: every op is timed (synchronizing before and after; graphs off) and a table of
-  // time per op kind is printed when the backend goes away.
+  // DSFUSE_CUDA_PROFILE=1: every op is timed on the GPU with a pair of CUDA events (graphs off; nothing is
+  // synchronised), and a table of GPU time per op kind is printed when the backend goes away.
   struct Prof {
-    CudaBackend* b;
-    const char* name;
-    std::chrono::steady_clock::time_point t0;
-    Prof(CudaBackend* be, const char* n) : b(be), name(n) {
-      if (!b->profile_ || b->prof_depth_++ > 0) {
-        b = b->profile_ ? b : nullptr;
-        name = nullptr;
+    CudaBackend* b = nullptr;
+    const char* name = nullptr;
+    cudaEvent_t e0 = nullptr;
+    Prof(CudaBackend* be, const char* n) {
+      if (!be->profile_ || be->prof_depth_++ > 0) {
+        if (be->profile_) b = be;  // nested: only the depth is tracked
         return;
       }
-      cudaStreamSynchronize(b->stream_);
-      t0 = std::chrono::steady_clock::now();
+      b = be;
+      name = n;
+      e0 = b->event();
+      cudaEventRecord(e0, b->stream_);
     }
     ~Prof() {
       if (!b) return;
       if (name) {
-        cudaStreamSynchronize(b->stream_);
-        auto& e = b->prof_[name];
-        e.first += 1;
-        e.second += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        cudaEvent_t e1 = b->event();
+        cudaEventRecord(e1, b->stream_);
+        b->prof_pending_.push_back({name, e0, e1});
+        if (b->prof_pending_.size() > 4096) b->prof_resolve();
       }
       --b->prof_depth_;
     }
   };
+  struct ProfPending {
+    const char* name;
+    cudaEvent_t e0, e1;
+  };
+  cudaEvent_t event() {
+    if (prof_events_.empty()) {
+      cudaEvent_t e;
+      CUDA_CHECK(cudaEventCreate(&e));
+      return e;
+    }
+    cudaEvent_t e = prof_events_.back();
+    prof_events_.pop_back();
+    return e;
+  }
+  void prof_resolve() {
+    if (prof_pending_.empty()) return;
+    cudaStreamSynchronize(stream_);
+    for (auto& p : prof_pending_) {
+      float ms = 0;
+      cudaEventElapsedTime(&ms, p.e0, p.e1);
+      auto& e = prof_[p.name];
+      e.first += 1;
+      e.second += ms * 1e-3;
+      prof_events_.push_back(p.e0);
+      prof_events_.push_back(p.e1);
+    }
+    prof_pending_.clear();
+  }
   struct Graph {
     cudaGraphExec_t exec = nullptr;
     uint64_t scratch_gen = 0, step_gen = 0;
@@ -867,10 +908,12 @@ class CudaBackend final : public Backend {
     }
   }
 
-  int dev_ = 0;
+  int dev_ = 0, sms_ = 132;
   bool f32_ = false, graphs_ = true, profile_ = false;
   int prof_depth_ = 0;
   std::map<std::string, std::pair<int64_t, double>> prof_;
+  std::vector<ProfPending> prof_pending_;
+  std::vector<cudaEvent_t> prof_events_;
   int depth_ = 0;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;

@@ -178,7 +178,7 @@ template <int G, int DH>
 __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
     float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1, const float* k, int64_t lk0,
     int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t Hkv, int64_t group, int D, int Dv, float scale,
-    SegMeta m) {
+    SegMeta m, int nsplit, float* part) {
   const int nchunk = int((group + G - 1) / G);
   const int64_t t = blockIdx.x / (Hkv * nchunk);
   const int64_t kh = (blockIdx.x / nchunk) % Hkv;
@@ -202,7 +202,10 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
     mx[g] = -INFINITY;
     l[g] = 0.0f;
   }
-  for (int64_t s = warp; s < S; s += kGqWarps) {
+  // Split-K over the keys (flash-decoding): block y takes keys [s0, s1); the partial results are merged by
+  // attention_combine_kernel (nsplit > 1).
+  const int64_t per = (S + nsplit - 1) / nsplit, s0 = blockIdx.y * per, s1 = min(S, s0 + per);
+  for (int64_t s = s0 + warp; s < s1; s += kGqWarps) {
     const int64_t r = phys_row(table, bs, s);
     const float* kr = k + r * lk0 + kh * lk1;
     const float* vr = v + r * lv0 + kh * lv1;
@@ -248,8 +251,37 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
       L += sm_ml[w][g][1] * f;
       a += sm_acc[w][g][d] * f;
     }
-    out[t * lo0 + (kh * group + h0 + g) * lo1 + d] = a / L;
+    const int64_t hq = kh * group + h0 + g;
+    if (nsplit == 1) {
+      out[t * lo0 + hq * lo1 + d] = a / L;
+    } else {  // part [T, Hq, nsplit, Dv + 2]: unnormalised output, then (max, sum)
+      const int64_t Hq = Hkv * group;
+      float* pr = part + ((t * Hq + hq) * nsplit + blockIdx.y) * (Dv + 2);
+      pr[d] = a;
+      if (d == 0) pr[Dv] = M, pr[Dv + 1] = L;
+    }
   }
+}
+
+// out[t, h] = merge of the nsplit partial softmax results of attention_gqa_kernel.
+__global__ void attention_combine_kernel(float* out, int64_t lo0, int64_t lo1, const float* part, int64_t T,
+                                         int64_t Hq, int Dv, int nsplit) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= T * Hq * Dv) return;
+  const int64_t th = i / Dv;
+  const int d = int(i % Dv);
+  const float* pr = part + th * nsplit * (Dv + 2);
+  float M = -INFINITY;
+  for (int j = 0; j < nsplit; ++j) M = fmaxf(M, pr[j * (Dv + 2) + Dv]);
+  float L = 0.0f, a = 0.0f;
+  for (int j = 0; j < nsplit; ++j) {
+    const float mj = pr[j * (Dv + 2) + Dv];
+    if (mj == -INFINITY) continue;
+    const float f = __expf(mj - M);
+    L += pr[j * (Dv + 2) + Dv + 1] * f;
+    a += pr[j * (Dv + 2) + d] * f;
+  }
+  out[(th / Hq) * lo0 + (th % Hq) * lo1 + d] = a / L;
 }
 
 // Absorbed MLA, one block (kMlaWarps warps) per (token, head). C <= 32 * kMlaPer.
@@ -257,7 +289,7 @@ constexpr int kMlaWarps = 4, kMlaPer = 16;
 __global__ void mla_segs_kernel(float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
                                 const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0,
                                 const float* kpe, int64_t lk0, WDesc w, int64_t H, int Dn, int Dv, int R, int C,
-                                float scale, SegMeta m) {
+                                float scale, SegMeta m, int nsplit, float* part) {
   extern __shared__ float sm[];
   float* q_lat = sm;                   // [C]
   float* o_part = sm + C;              // [kMlaWarps, C]
@@ -281,7 +313,8 @@ __global__ void mla_segs_kernel(float* out, int64_t lo0, int64_t lo1, const floa
 #pragma unroll
   for (int j = 0; j < kMlaPer; ++j) acc[j] = 0.0f;
   float mx = -INFINITY, l = 0.0f;
-  for (int64_t s = warp; s < S; s += kMlaWarps) {
+  const int64_t per = (S + nsplit - 1) / nsplit, s0 = blockIdx.y * per, s1 = min(S, s0 + per);  // key split
+  for (int64_t s = s0 + warp; s < s1; s += kMlaWarps) {
     const int64_t r = phys_row(table, bs, s);
     const float* lr = lat + r * ll0;
     const float* kr = kpe + r * lk0;
@@ -316,6 +349,17 @@ __global__ void mla_segs_kernel(float* out, int64_t lo0, int64_t lo1, const floa
   float L = 0.0f;
   for (int i = 0; i < kMlaWarps; ++i) L += ml[2 * i] == -INFINITY ? 0.0f : ml[2 * i + 1] * __expf(ml[2 * i] - M);
   __syncthreads();
+  if (nsplit > 1) {  // part [T * H, nsplit, C + 2]: unnormalised latent output, then (max, sum)
+    float* pr = part + (int64_t(blockIdx.x) * nsplit + blockIdx.y) * (C + 2);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+      float a = 0.0f;
+      for (int i = 0; i < kMlaWarps; ++i)
+        if (ml[2 * i] != -INFINITY) a += o_part[i * C + c] * __expf(ml[2 * i] - M);
+      pr[c] = a;
+    }
+    if (threadIdx.x == 0) pr[C] = M, pr[C + 1] = L;
+    return;
+  }
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     float a = 0.0f;
     for (int i = 0; i < kMlaWarps; ++i)
@@ -327,6 +371,36 @@ __global__ void mla_segs_kernel(float* out, int64_t lo0, int64_t lo1, const floa
   for (int d = warp; d < Dv; d += kMlaWarps) {
     float a = 0.0f;
     for (int c = lane; c < C; c += 32) a = fmaf(q_lat[c], wload(w, wrow0 + Dn + d, c), a);
+    a = warp_sum(a);
+    if (lane == 0) o[d] = a;
+  }
+}
+
+// Merges the key splits of mla_segs_kernel and projects the latent output: out[h] = W_UV[h] o_lat.
+__global__ void mla_finish_kernel(float* out, int64_t lo0, int64_t lo1, const float* part, WDesc w, int64_t H, int Dn,
+                                  int Dv, int C, int nsplit) {
+  extern __shared__ float o_lat[];  // [C]
+  const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const float* pr = part + int64_t(blockIdx.x) * nsplit * (C + 2);
+  float M = -INFINITY;
+  for (int j = 0; j < nsplit; ++j) M = fmaxf(M, pr[j * (C + 2) + C]);
+  float L = 0.0f;
+  for (int j = 0; j < nsplit; ++j)
+    if (pr[j * (C + 2) + C] != -INFINITY) L += pr[j * (C + 2) + C + 1] * __expf(pr[j * (C + 2) + C] - M);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float a = 0.0f;
+    for (int j = 0; j < nsplit; ++j)
+      if (pr[j * (C + 2) + C] != -INFINITY) a += pr[j * (C + 2) + c] * __expf(pr[j * (C + 2) + C] - M);
+    o_lat[c] = a / L;
+  }
+  __syncthreads();
+  const int64_t wrow0 = h * int64_t(Dn + Dv);
+  float* o = out + t * lo0 + h * lo1;
+  const int nw = blockDim.x / 32;
+  for (int d = warp; d < Dv; d += nw) {
+    float a = 0.0f;
+    for (int c = lane; c < C; c += 32) a = fmaf(o_lat[c], wload(w, wrow0 + Dn + d, c), a);
     a = warp_sum(a);
     if (lane == 0) o[d] = a;
   }
@@ -511,7 +585,8 @@ void copy_rows_segs(cudaStream_t st, float* dst, int64_t ldd, const float* src, 
 
 void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
                     const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
-                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m) {
+                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part, int sms,
+                    int max_split) {
   DSFUSE_CHECK(D <= 32 * kAttnPer && Dv <= 32 * kAttnPer, "CUDA attention: head dim ", D, "/", Dv, " above ",
                32 * kAttnPer);
   const int64_t Hkv = Hq / group;
@@ -519,8 +594,12 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
   auto launch = [&](auto gtag, auto dtag) {
     constexpr int G = decltype(gtag)::value, DH = decltype(dtag)::value;
     const int64_t nchunk = (group + G - 1) / G;
-    attention_gqa_kernel<G, DH><<<static_cast<unsigned>(T * Hkv * nchunk), 32 * kGqWarps, 0, st>>>(
-        out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, D, Dv, scale, m);
+    // Enough blocks to fill the GPU: split the keys when (tokens x kv heads) alone would not.
+    const int64_t nb = T * Hkv * nchunk;
+    const int ns = part ? static_cast<int>(std::clamp<int64_t>((2 * sms + nb - 1) / nb, 1, max_split)) : 1;
+    attention_gqa_kernel<G, DH><<<dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, 0, st>>>(
+        out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, D, Dv, scale, m, ns, part);
+    if (ns > 1) attention_combine_kernel<<<blocks(T * Hq * Dv), 256, 0, st>>>(out, lo0, lo1, part, T, Hq, Dv, ns);
   };
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;
@@ -544,14 +623,20 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
 void mla_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
               const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
               int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
-              const SegMeta& m) {
+              const SegMeta& m, float* part, int nsplit) {
   DSFUSE_CHECK(C <= 32 * kMlaPer, "CUDA MLA: latent rank ", C, " above ", 32 * kMlaPer);
   const size_t shm = sizeof(float) * (C + kMlaWarps * C + 2 * kMlaWarps);
   if (shm > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(mla_segs_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shm)));
-  mla_segs_kernel<<<static_cast<unsigned>(T * H), 32 * kMlaWarps, shm, st>>>(
-      out, lo0, lo1, qn, lqn0, lqn1, qpe, lqp0, lqp1, lat, ll0, kpe, lk0, w, H, Dn, Dv, R, C, scale, m);
+  if (!part) nsplit = 1;
+  mla_segs_kernel<<<dim3(static_cast<unsigned>(T * H), nsplit), 32 * kMlaWarps, shm, st>>>(
+      out, lo0, lo1, qn, lqn0, lqn1, qpe, lqp0, lqp1, lat, ll0, kpe, lk0, w, H, Dn, Dv, R, C, scale, m, nsplit, part);
   check_launch();
+  if (nsplit > 1) {
+    mla_finish_kernel<<<static_cast<unsigned>(T * H), 256, sizeof(float) * C, st>>>(out, lo0, lo1, part, w, H, Dn, Dv,
+                                                                                   C, nsplit);
+    check_launch();
+  }
 }
 
 void moe_route(cudaStream_t st, int32_t* ids, int64_t ldi, float* wts, int64_t ldw, const float* logits,
