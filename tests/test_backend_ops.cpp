@@ -106,6 +106,14 @@ class Staged final : public Backend {
     flush();
   }
 
+  void linear_silu(TensorView y, const TensorView& x, const Linear& w) override {
+    in_->linear_silu(dev(y), dev(x), in_->prepare(w));
+    flush();
+  }
+  void add_rms_norm(TensorView x, const TensorView& o, TensorView h, const TensorView& w, float eps) override {
+    in_->add_rms_norm(dev(x), dev(o), dev(h), dev(w), eps);
+    flush();
+  }
   void argmax_rows(TensorView ids, const TensorView& x) override {
     in_->argmax_rows(dev(ids), dev(x));
     flush();
@@ -295,6 +303,35 @@ TEST_P(BackendOps, MlaAttention) {
                        TensorView(kpe.data(), DType::F32, {S, R}), w, past, 0.3f);
     check(("mla_attention kv_b " + name).c_str(), a, b);
   }
+}
+
+TEST_P(BackendOps, LinearSilu) {
+  const int64_t I = 24, K = 32;
+  WeightSet ws(2 * I, K, 21);
+  for (int64_t T : {3, 20}) {
+    auto x = randn(T * K, 22);
+    for (auto& [name, w] : ws.all) {
+      if (w.w.dtype == DType::I8) continue;
+      std::vector<float> a(T * I), b(T * I);
+      be->linear_silu(TensorView(a.data(), DType::F32, {T, I}), TensorView(x.data(), DType::F32, {T, K}), w);
+      ref->linear_silu(TensorView(b.data(), DType::F32, {T, I}), TensorView(x.data(), DType::F32, {T, K}), w);
+      check(("linear_silu " + name + " T=" + std::to_string(T)).c_str(), a, b);
+    }
+  }
+}
+
+TEST_P(BackendOps, AddRmsNorm) {
+  const int64_t T = 3, D = 40;
+  auto x = randn(T * D, 1), o = randn(T * D, 2), w = randn(D, 3);
+  auto x2 = x;
+  std::vector<float> h(T * D), h2(T * D);
+  be->add_rms_norm(TensorView(x.data(), DType::F32, {T, D}), TensorView(o.data(), DType::F32, {T, D}),
+                   TensorView(h.data(), DType::F32, {T, D}), TensorView(w.data(), DType::F32, {D}), 1e-6f);
+  ref->add(TensorView(x2.data(), DType::F32, {T, D}), TensorView(o.data(), DType::F32, {T, D}));
+  ref->rms_norm(TensorView(h2.data(), DType::F32, {T, D}), TensorView(x2.data(), DType::F32, {T, D}),
+                TensorView(w.data(), DType::F32, {D}), 1e-6f);
+  check("add_rms_norm x", x, x2);
+  check("add_rms_norm h", h, h2);
 }
 
 TEST_P(BackendOps, ArgmaxRows) {

@@ -5,6 +5,18 @@
 
 namespace dsfuse {
 
+void Backend::linear_silu(TensorView y, const TensorView& x, const Linear& gate_up) {
+  const int64_t T = x.shape[0], I = gate_up.out_features() / 2;
+  void* p = alloc(sizeof(float) * static_cast<size_t>(T * 2 * I));
+  TensorView gu(p, DType::F32, {T, 2 * I}, device());
+  linear(gu, x, gate_up);
+  TensorView g = gu, u = gu;
+  g.shape[1] = u.shape[1] = I;
+  u.data = gu.ptr<float>() + I;
+  silu_mul(y, g, u);
+  free(p);
+}
+
 void Backend::argmax_rows(TensorView ids, const TensorView& x) {
   const int64_t R = x.shape[0], V = x.shape[1];
   for (int64_t r = 0; r < R; ++r) {

@@ -114,6 +114,15 @@ class Backend {
   virtual void rms_norm(TensorView y, const TensorView& x, const TensorView& w, float eps) = 0;
   // y += x  // [T, D]
   virtual void add(TensorView y, const TensorView& x) = 0;
+  // x += o, then h = rms_norm(x) * w (the residual add and the next block's norm, fused on devices)
+  // x, o, h [T, D]; the default calls add and rms_norm.
+  virtual void add_rms_norm(TensorView x, const TensorView& o, TensorView h, const TensorView& w, float eps) {
+    add(x, o);
+    rms_norm(h, x, w, eps);
+  }
+  // y = silu(x Wg^T) * (x Wu^T) for gate_up = [Wg; Wu] ([2I, K], no bias)  // y [T, I], x [T, K]
+  // The default runs linear() into a temporary and silu_mul().
+  virtual void linear_silu(TensorView y, const TensorView& x, const Linear& gate_up);
   // y = silu(gate) * up  // [T, I]; y may alias gate
   virtual void silu_mul(TensorView y, const TensorView& gate, const TensorView& up) = 0;
   // Rotates dims [offset, offset + rot_dim) of every head in place  // x [T, H, D] (row stride may exceed H*D)

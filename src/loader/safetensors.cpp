@@ -255,30 +255,37 @@ TensorView Checkpoint::get(const std::string& name, std::initializer_list<int64_
     if (ones || zeros) {
       std::fill(o.data.begin(), o.data.end(), ones ? f32_to_bf16(1.0f) : 0);
     } else {
-      // xorshift64*: uniform in [-a, a) with std 0.02 (a = 0.02 * sqrt(3)); one stream per chunk of 2^20
-      // values, chunks filled in parallel (a 7B model's weights in seconds).
-      const uint64_t s0 = (seed_ + 0x9E3779B97F4A7C15ull) ^ std::hash<std::string>{}(name);
-      const int64_t chunk = int64_t{1} << 20, nchunks = (n + chunk - 1) / chunk;
-      auto fill = [&](int64_t c) {
-        uint64_t s = s0 ^ (static_cast<uint64_t>(c) * 0xD1B54A32D192ED03ull);
-        if (s == 0) s = 1;
-        for (int64_t i = c * chunk, e = std::min(n, (c + 1) * chunk); i < e; ++i) {
-          s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
-          const float u = static_cast<float>((s * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
-          o.data[static_cast<size_t>(i)] = f32_to_bf16((2.0f * u - 1.0f) * 0.0346410f);
-        }
-      };
-      const int nt = static_cast<int>(std::min<int64_t>(nchunks, std::max(1u, std::thread::hardware_concurrency())));
-      if (nt <= 1) {
-        for (int64_t c = 0; c < nchunks; ++c) fill(c);
-      } else {
-        std::atomic<int64_t> next{0};
+      // Uniform in [-a, a) with std 0.02 (a = 0.02 * sqrt(3)): slices of one shared pool of 2^25 random values
+      // (xorshift64*, made once), each tensor starting at an offset given by its name's hash, so that a 16B
+      // model's weights take seconds (memcpy speed), not minutes.
+      static const std::vector<uint16_t> pool = [] {
+        std::vector<uint16_t> p(size_t{1} << 25);
+        const int64_t chunk = int64_t{1} << 20, nchunks = static_cast<int64_t>(p.size()) / chunk;
+        auto fill = [&](int64_t c) {
+          uint64_t s = 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(c + 1) * 0xD1B54A32D192ED03ull);
+          for (int64_t i = c * chunk; i < (c + 1) * chunk; ++i) {
+            s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+            const float u = static_cast<float>((s * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
+            p[static_cast<size_t>(i)] = f32_to_bf16((2.0f * u - 1.0f) * 0.0346410f);
+          }
+        };
         std::vector<std::thread> th;
+        std::atomic<int64_t> next{0};
+        const int nt = static_cast<int>(std::max(1u, std::min(16u, std::thread::hardware_concurrency())));
         for (int t = 0; t < nt; ++t)
           th.emplace_back([&] {
             for (int64_t c; (c = next++) < nchunks;) fill(c);
           });
         for (auto& t : th) t.join();
+        return p;
+      }();
+      const size_t P = pool.size();
+      size_t off = static_cast<size_t>(((seed_ + 0x9E3779B97F4A7C15ull) ^ std::hash<std::string>{}(name)) % P);
+      for (size_t i = 0; i < o.data.size();) {
+        const size_t m = std::min(o.data.size() - i, P - off);
+        std::memcpy(o.data.data() + i, pool.data() + off, m * sizeof(uint16_t));
+        i += m;
+        off = (off + m) % P;
       }
     }
     owned_.emplace(name, std::move(o));

@@ -132,11 +132,12 @@ class DeepseekModel final : public CausalLM {
     const int64_t T = x.shape[0], Hd = cfg_.hidden_size, NH = n_heads_;
     const int64_t Dn = m.qk_nope_head_dim, R = m.qk_rope_head_dim, Dv = m.v_head_dim, C = m.kv_lora_rank;
     const float eps = static_cast<float>(cfg_.rms_norm_eps);
+    // h: the normed input of the next block, one buffer for all layers (residual add and norm are fused).
+    TensorView h = arena_.alloc(DType::F32, {T, Hd});
     const size_t mark = arena_.used();
+    if (!layers_.empty()) be_.rms_norm(h, x, layers_[0].attn_norm, eps);
     for (size_t l = 0; l < layers_.size(); ++l) {
       const Layer& L = layers_[l];
-      TensorView h = arena_.alloc(DType::F32, {T, Hd});
-      be_.rms_norm(h, x, L.attn_norm, eps);
 
       // Queries  // q [T, NH, Dn + R]
       TensorView q = arena_.alloc(DType::F32, {T, NH, Dn + R});
@@ -182,10 +183,9 @@ class DeepseekModel final : public CausalLM {
       TensorView o = arena_.alloc(DType::F32, {T, Hd});
       be_.linear(o, attn.reshape({T, NH * Dv}), L.o);
       all_reduce(o);
-      be_.add(x, o);
+      be_.add_rms_norm(x, o, h, L.mlp_norm, eps);  // x += o; h = norm(x)
 
       // Feed-forward
-      be_.rms_norm(h, x, L.mlp_norm, eps);
       if (L.moe) {
         const int64_t E = router_.n_experts, K = router_.top_k;
         TensorView logits = arena_.alloc(DType::F32, {T, E});
@@ -203,7 +203,8 @@ class DeepseekModel final : public CausalLM {
         mlp(o, h, L.mlp);
       }
       all_reduce(o);
-      be_.add(x, o);
+      if (l + 1 < layers_.size()) be_.add_rms_norm(x, o, h, layers_[l + 1].attn_norm, eps);
+      else be_.add(x, o);
       arena_.reset_to(mark);
     }
   }

@@ -55,11 +55,12 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
   const int64_t Hq = n_heads_, Hkv = n_kv_heads_;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  // h: the normed input of the next block, one buffer for all layers (residual add and norm are fused).
+  TensorView h = arena_.alloc(DType::F32, {T, H});
   const size_t mark = arena_.used();
+  if (!layers_.empty()) be_.rms_norm(h, x, layers_[0].attn_norm, eps);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
-    TensorView h = arena_.alloc(DType::F32, {T, H});
-    be_.rms_norm(h, x, L.attn_norm, eps);
     TensorView q, k, v;  // [T, Hq, D], [T, Hkv, D] x 2
     if (!L.qkv.empty()) {  // one GEMM, then strided views of its columns  // qkv [T, (Hq + 2 Hkv) * D]
       const int64_t W = (Hq + 2 * Hkv) * D;
@@ -76,6 +77,7 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
       q = heads(0, Hq);
       k = heads(Hq * D, Hkv);
       v = heads((Hq + Hkv) * D, Hkv);
+      be_.rope(heads(0, Hq + Hkv), 0, rope_, RopeStyle::Neox, b.positions);  // q and k heads are adjacent
     } else {
       q = arena_.alloc(DType::F32, {T, Hq, D});
       k = arena_.alloc(DType::F32, {T, Hkv, D});
@@ -83,9 +85,9 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
       be_.linear(q.reshape({T, Hq * D}), h, L.q);  // [T, Hq*D]
       be_.linear(k.reshape({T, Hkv * D}), h, L.k);  // [T, Hkv*D]
       be_.linear(v.reshape({T, Hkv * D}), h, L.v);  // [T, Hkv*D]
+      be_.rope(q, 0, rope_, RopeStyle::Neox, b.positions);
+      be_.rope(k, 0, rope_, RopeStyle::Neox, b.positions);
     }
-    be_.rope(q, 0, rope_, RopeStyle::Neox, b.positions);
-    be_.rope(k, 0, rope_, RopeStyle::Neox, b.positions);
     TensorView kc = kv.k(static_cast<int>(l)), vc = kv.v(static_cast<int>(l));  // pool [rows, Hkv*D]
     const int64_t R = kc.shape[0];
     TensorView attn = arena_.alloc(DType::F32, {T, Hq, D});
@@ -101,11 +103,11 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
     TensorView o = arena_.alloc(DType::F32, {T, H});
     be_.linear(o, attn.reshape({T, Hq * D}), L.o);
     all_reduce(o);
-    be_.add(x, o);
-    be_.rms_norm(h, x, L.mlp_norm, eps);
+    be_.add_rms_norm(x, o, h, L.mlp_norm, eps);  // x += o; h = norm(x)
     mlp(o, h, L.mlp);
     all_reduce(o);
-    be_.add(x, o);
+    if (l + 1 < layers_.size()) be_.add_rms_norm(x, o, h, layers_[l + 1].attn_norm, eps);
+    else be_.add(x, o);
     arena_.reset_to(mark);  // release this layer's activations (the arena is a stack)
   }
 }

@@ -210,7 +210,13 @@ MlpWeights CausalLM::load_mlp(WeightLoader& wl, const std::string& prefix, int64
 
 void CausalLM::mlp(TensorView out, const TensorView& x, const MlpWeights& w) {
   const int64_t T = x.shape[0];
-  if (!w.gate_up.empty()) {  // one GEMM for both halves  // gu [T, 2I] -> silu(gate) * up in the gate half
+  if (!w.gate_up.empty() && w.gate_up.bias.empty()) {  // one fused GEMM(V) + SwiGLU  // g [T, I]
+    TensorView g = arena_.alloc(DType::F32, {T, w.inter()});
+    be_.linear_silu(g, x, w.gate_up);
+    be_.linear(out, g, w.down);
+    return;
+  }
+  if (!w.gate_up.empty()) {  // biased: one GEMM for both halves  // gu [T, 2I] -> silu(gate) * up in the gate half
     const int64_t I = w.inter();
     TensorView gu = arena_.alloc(DType::F32, {T, 2 * I});
     be_.linear(gu, x, w.gate_up);

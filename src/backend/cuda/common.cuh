@@ -85,6 +85,9 @@ struct SegMeta {
 void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w, int64_t N,
           int64_t K, const void* bias, int btype);
 constexpr int kGemvMaxT = 8;
+// y [T, I] = silu(x Wg^T) * (x Wu^T) for W = [Wg; Wu] ([2I, K]); T <= 8.
+void gemv_silu(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
+               int64_t I, int64_t K);
 // y [T, N] = Y2[0:T] + Y2[T:2T] (+ b): sums the hi/lo halves of a split-activation GEMM.
 void combine_halves(cudaStream_t st, float* y, int64_t ldy, const float* y2, int64_t T, int64_t N, const void* bias,
                     int btype);
@@ -112,8 +115,11 @@ void moe_route(cudaStream_t st, int32_t* ids, int64_t ldi, float* wts, int64_t l
 void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* x, int64_t ldx, const int32_t* ids,
                          int64_t ldi, const float* wts, int64_t ldw, int64_t T, int K, int64_t H, int64_t I,
                          const ExpertDesc* experts, int E, int32_t* cnt, int32_t* list, float* hbuf, float* ybuf);
+// cnt: 2E + 1 ints of scratch; list: E * T ints.
 // ids[r] = argmax x[r, :] (lowest index on ties)
-void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V);
+// scratch: argmax_scratch_bytes(R)
+void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V, void* scratch);
+inline size_t argmax_scratch_bytes(int64_t R) { return static_cast<size_t>(R) * 64 * (sizeof(float) + 8); }
 // GB/s of a streaming read of `bytes` of device memory (best of `passes`).
 double read_bandwidth_gbs(cudaStream_t st, size_t bytes, int passes);
 

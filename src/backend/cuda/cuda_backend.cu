@@ -88,6 +88,32 @@ __global__ void rms_norm_kernel(float* y, int64_t ldy, const float* x, int64_t l
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) yr[d] = vload(w, wtype, d) * (xr[d] * inv);
 }
 
+// x += o; h = rms_norm(x) * w, one block per row.
+__global__ void add_rms_norm_kernel(float* x, int64_t ldx, const float* o, int64_t ldo, float* h, int64_t ldh,
+                                    int64_t D, const void* w, int wtype, float eps) {
+  float* xr = x + blockIdx.x * ldx;
+  const float* orow = o + blockIdx.x * ldo;
+  float* hr = h + blockIdx.x * ldh;
+  float ss = 0.0f;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    const float v = xr[d] + orow[d];
+    xr[d] = v;
+    ss += v * v;
+  }
+  __shared__ float red[32];
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) red[0] = v;
+  }
+  __syncthreads();
+  const float inv = 1.0f / sqrtf(red[0] / float(D) + eps);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) hr[d] = vload(w, wtype, d) * (xr[d] * inv);
+}
+
 __global__ void add_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, int64_t D) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= T * D) return;
@@ -202,6 +228,8 @@ class CudaBackend final : public Backend {
     cudaSetDevice(dev_);
     if (profile_) prof_resolve();
     for (cudaEvent_t e : prof_events_) cudaEventDestroy(e);
+    for (int i = 0; i < 2; ++i)
+      if (stage_host_[i]) cudaFreeHost(stage_host_[i]), cudaEventDestroy(stage_done_[i]);
     if (profile_ && !prof_.empty()) {
       double total = 0;
       for (auto& [k, v] : prof_) total += v.second;
@@ -392,6 +420,31 @@ class CudaBackend final : public Backend {
     check_launch();
   }
 
+  void add_rms_norm(TensorView x, const TensorView& o, TensorView h, const TensorView& w, float eps) override {
+    Prof prof(this, "add_rms_norm");
+    const int64_t T = x.shape[0], D = x.shape[x.ndim - 1];
+    add_rms_norm_kernel<<<static_cast<unsigned>(T), 256, 0, stream_>>>(x.ptr<float>(), x.stride[0], o.ptr<float>(),
+                                                                        o.stride[0], h.ptr<float>(), h.stride[0], D,
+                                                                        w.data, wtype_of(w.dtype), eps);
+    check_launch();
+  }
+
+  void linear_silu(TensorView y, const TensorView& x, const Linear& w) override {
+    Op op(this);
+    Prof prof(this, "linear_silu");
+    const int64_t T = x.shape[0], I = w.out_features() / 2, K = w.in_features();
+    DSFUSE_CHECK(w.bias.empty(), "linear_silu: biased gate/up weights are not fused");
+    if (T <= kGemvMaxT) {
+      cpu::stats().weight_bytes += static_cast<int64_t>(w.bytes());
+      cuda::gemv_silu(stream_, y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], T, desc_of(w), I, K);
+      return;
+    }
+    float* gu = scratch_f(T * 2 * I);
+    linear_impl(gu, 2 * I, x.ptr<float>(), x.stride[0], T, w);
+    silu_mul_kernel<<<blocks(T * I), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], gu, 2 * I, gu + I, 2 * I, T, I);
+    check_launch();
+  }
+
   void silu_mul(TensorView y, const TensorView& gate, const TensorView& up) override {
     Prof prof(this, "silu_mul");
     const int64_t T = gate.shape[0], I = gate.shape[gate.ndim - 1];
@@ -436,7 +489,9 @@ class CudaBackend final : public Backend {
 
   void argmax_rows(TensorView ids, const TensorView& x) override {
     Prof prof(this, "argmax");
-    cuda::argmax_rows(stream_, ids.ptr<int32_t>(), x.ptr<float>(), x.stride[0], x.shape[0], x.shape[1]);
+    Op op(this);
+    cuda::argmax_rows(stream_, ids.ptr<int32_t>(), x.ptr<float>(), x.stride[0], x.shape[0], x.shape[1],
+                      scratch(argmax_scratch_bytes(x.shape[0])));
   }
 
   void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs) override {
@@ -778,13 +833,43 @@ class CudaBackend final : public Backend {
       expect *= v.shape[i];
     }
     if (contiguous) {
-      CUDA_CHECK(cudaMemcpy(d, v.data, static_cast<size_t>(n) * es, cudaMemcpyHostToDevice));
+      copy_in(d, v.data, static_cast<size_t>(n) * es);
     } else {
       DSFUSE_CHECK(v.ndim == 2 && v.stride[1] == 1, "CUDA upload: unsupported strided tensor ", v.shape_str());
       CUDA_CHECK(cudaMemcpy2D(d, v.shape[1] * es, v.data, v.stride[0] * es, v.shape[1] * es, v.shape[0],
                               cudaMemcpyHostToDevice));
     }
     return d;
+  }
+
+  // Host -> device copy of weights through two pinned staging buffers (pageable copies run at a few GB/s;
+  // pinned ones at PCIe speed, and the memcpy into one buffer overlaps the transfer of the other).
+  void copy_in(void* dst, const void* src, size_t bytes) {
+    constexpr size_t kStage = size_t{32} << 20;
+    if (bytes < (size_t{1} << 20)) {
+      CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+      return;
+    }
+    if (!stage_host_[0]) {
+      for (int i = 0; i < 2; ++i) {
+        if (cudaHostAlloc(&stage_host_[i], kStage, cudaHostAllocDefault) != cudaSuccess) {
+          cudaGetLastError();
+          stage_host_[0] = stage_host_[1] = nullptr;
+          CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+          return;
+        }
+        CUDA_CHECK(cudaEventCreateWithFlags(&stage_done_[i], cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventRecord(stage_done_[i], stream_));
+      }
+    }
+    for (size_t off = 0, i = 0; off < bytes; off += kStage, i ^= 1) {
+      const size_t m = std::min(kStage, bytes - off);
+      CUDA_CHECK(cudaEventSynchronize(stage_done_[i]));  // the buffer's previous transfer has finished
+      std::memcpy(stage_host_[i], static_cast<const char*>(src) + off, m);
+      CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + off, stage_host_[i], m, cudaMemcpyHostToDevice, stream_));
+      CUDA_CHECK(cudaEventRecord(stage_done_[i], stream_));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_));  // the caller may free `src` now
   }
 
   // Device table of an expert list's weights, cached by the list's address and checked by content (a list
@@ -836,7 +921,7 @@ class CudaBackend final : public Backend {
       return;
     }
     const ExpertDesc* tab = expert_table(experts);
-    auto* cnt = static_cast<int32_t*>(scratch(sizeof(int32_t) * E));
+    auto* cnt = static_cast<int32_t*>(scratch(sizeof(int32_t) * (2 * E + 1)));
     auto* list = static_cast<int32_t*>(scratch(sizeof(int32_t) * E * T));
     float* hbuf = scratch_f(T * K * I);
     float* ybuf = scratch_f(T * K * H);
@@ -909,6 +994,8 @@ class CudaBackend final : public Backend {
   }
 
   int dev_ = 0, sms_ = 132;
+  void* stage_host_[2] = {nullptr, nullptr};
+  cudaEvent_t stage_done_[2] = {nullptr, nullptr};
   bool f32_ = false, graphs_ = true, profile_ = false;
   int prof_depth_ = 0;
   std::map<std::string, std::pair<int64_t, double>> prof_;

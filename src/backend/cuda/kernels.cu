@@ -95,6 +95,29 @@ __global__ void __launch_bounds__(256) gemv_kernel(float* y, int64_t ldy, const 
   }
 }
 
+// y[t, n] = silu(x[t] . W[n]) * (x[t] . W[n + I]) for a stacked gate/up weight [2I, K]; T <= 8.
+template <int TT>
+__global__ void __launch_bounds__(256) gemv_silu_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
+                                                        int64_t I, int64_t K, int T, bool vec) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t n = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (n >= I) return;
+  const float* xr[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) xr[t] = x + t * ldx;
+  float g[TT], u[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) g[t] = u[t] = 0.0f;
+  row_dot<TT>(w, n, K, xr, T, vec, g);
+  row_dot<TT>(w, n + I, K, xr, T, vec, u);
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    if (t >= T) break;
+    const float gs = warp_sum(g[t]), us = warp_sum(u[t]);
+    if (lane == 0) y[t * ldy + n] = gs / (1.0f + expf(-gs)) * us;
+  }
+}
+
 __global__ void combine_halves_kernel(float* y, int64_t ldy, const float* y2, int64_t T, int64_t N, const void* bias,
                                       int btype) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -415,9 +438,10 @@ __global__ void moe_route_kernel(int32_t* ids, int64_t ldi, float* wts, int64_t 
   if (threadIdx.x == 0) route_token(logits + t * ldl, bias, p, ids + t * ldi, wts + t * ldw, scratch);
 }
 
-// Counting sort of (token, slot) pairs by expert: list[e * T + i] = pair t * K + j, cnt[e] = pairs of e.
+// Counting sort of (token, slot) pairs by expert: list[e * T + i] = pair t * K + j, cnt[e] = pairs of e; the
+// experts with pairs are listed in active[0, cnt[E]) (any order).
 __global__ void moe_count_kernel(const int32_t* ids, int64_t ldi, int64_t T, int K, int E, int32_t* cnt,
-                                 int32_t* list) {
+                                 int32_t* list, int32_t* active) {
   const int64_t p = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= T * K) return;
   const int64_t t = p / K;
@@ -425,6 +449,7 @@ __global__ void moe_count_kernel(const int32_t* ids, int64_t ldi, int64_t T, int
   if (e < 0 || e >= E) return;
   const int pos = atomicAdd(&cnt[e], 1);
   list[int64_t(e) * T + pos] = static_cast<int32_t>(p);
+  if (pos == 0) active[atomicAdd(&cnt[E], 1)] = e;
 }
 
 constexpr int kMoeTok = 8;  // token rows per register pass
@@ -432,9 +457,10 @@ constexpr int kMoeTok = 8;  // token rows per register pass
 // h[pair] = silu(x[tok] Wg[e]^T) * (x[tok] Wu[e]^T) for every pair routed to expert e; grid (E, ceil(I / 8)).
 __global__ void __launch_bounds__(256) moe_gate_up_kernel(float* hbuf, const float* x, int64_t ldx,
                                                           const ExpertDesc* experts, const int32_t* cnt,
-                                                          const int32_t* list, int64_t T, int K, int64_t H,
-                                                          int64_t I) {
-  const int e = blockIdx.x;
+                                                          const int32_t* list, const int32_t* active, int E,
+                                                          int64_t T, int K, int64_t H, int64_t I) {
+  if (int(blockIdx.x) >= cnt[E]) return;  // grid.x covers at most min(E, T * K) active experts
+  const int e = active[blockIdx.x];
   const int n_e = cnt[e];
   const ExpertDesc ed = experts[e];
   if (n_e == 0 || ed.gate.w == nullptr) return;
@@ -470,9 +496,11 @@ __global__ void __launch_bounds__(256) moe_gate_up_kernel(float* hbuf, const flo
 
 // ybuf[pair] = h[pair] Wd[e]^T; grid (E, ceil(H / 8)).
 __global__ void __launch_bounds__(256) moe_down_kernel(float* ybuf, const float* hbuf, const ExpertDesc* experts,
-                                                       const int32_t* cnt, const int32_t* list, int64_t T, int64_t H,
+                                                       const int32_t* cnt, const int32_t* list,
+                                                       const int32_t* active, int E, int64_t T, int64_t H,
                                                        int64_t I) {
-  const int e = blockIdx.x;
+  if (int(blockIdx.x) >= cnt[E]) return;
+  const int e = active[blockIdx.x];
   const int n_e = cnt[e];
   const ExpertDesc ed = experts[e];
   if (n_e == 0 || ed.down.w == nullptr) return;
@@ -515,35 +543,45 @@ __global__ void moe_combine_kernel(float* out, int64_t ldo, const float* ybuf, c
 }
 
 // ---- greedy choice ----
-__global__ void argmax_kernel(int32_t* ids, const float* x, int64_t ldx, int64_t V) {
-  const float* row = x + int64_t(blockIdx.x) * ldx;
-  float best = -INFINITY;
-  int64_t bi = V;  // NaN-only rows pick 0 below
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const float v = row[j];
-    if (v > best || (v == best && j < bi)) best = v, bi = j;
-  }
+__device__ __forceinline__ void argmax_merge(float& best, int64_t& bi, float ov, int64_t oi) {
+  if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
+}
+// Block reduction of (value, index) pairs; the result is valid in thread 0.
+__device__ void argmax_block(float& best, int64_t& bi, int64_t none) {
   __shared__ float sv[32];
   __shared__ int64_t si[32];
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
-  }
+  for (int o = 16; o > 0; o >>= 1)
+    argmax_merge(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
   const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) sv[w] = best, si[w] = bi;
   __syncthreads();
   if (w == 0) {
     const int nw = blockDim.x / 32;
     best = lane < nw ? sv[lane] : -INFINITY;
-    bi = lane < nw ? si[lane] : V;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-      const int64_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
-    }
-    if (lane == 0) ids[blockIdx.x] = static_cast<int32_t>(bi < V ? bi : 0);
+    bi = lane < nw ? si[lane] : none;
+    for (int o = 16; o > 0; o >>= 1)
+      argmax_merge(best, bi, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, bi, o));
   }
+}
+// Stage 1: block (r, p) takes columns [p * per, (p + 1) * per) of row r.
+constexpr int kArgParts = 64;
+__global__ void argmax_part_kernel(float* pv, int64_t* pi, const float* x, int64_t ldx, int64_t V) {
+  const int64_t r = blockIdx.x, per = (V + kArgParts - 1) / kArgParts;
+  const int64_t j0 = blockIdx.y * per, j1 = min(V, j0 + per);
+  const float* row = x + r * ldx;
+  float best = -INFINITY;
+  int64_t bi = V;
+  for (int64_t j = j0 + threadIdx.x; j < j1; j += blockDim.x) argmax_merge(best, bi, row[j], j);
+  argmax_block(best, bi, V);
+  if (threadIdx.x == 0) pv[r * kArgParts + blockIdx.y] = best, pi[r * kArgParts + blockIdx.y] = bi;
+}
+__global__ void argmax_final_kernel(int32_t* ids, const float* pv, const int64_t* pi, int64_t V) {
+  const int64_t r = blockIdx.x;
+  float best = -INFINITY;
+  int64_t bi = V;
+  for (int j = threadIdx.x; j < kArgParts; j += blockDim.x) argmax_merge(best, bi, pv[r * kArgParts + j], pi[r * kArgParts + j]);
+  argmax_block(best, bi, V);
+  if (threadIdx.x == 0) ids[r] = static_cast<int32_t>(bi < V ? bi : 0);  // NaN-only rows pick 0
 }
 
 // ---- HBM read probe ----
@@ -568,6 +606,17 @@ void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, i
   else if (T <= 2) gemv_kernel<2><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
   else if (T <= 4) gemv_kernel<4><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
   else gemv_kernel<8><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
+  check_launch();
+}
+
+void gemv_silu(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
+               int64_t I, int64_t K) {
+  const bool vec = w.type == W_BF16 && K % 8 == 0 && w.ld % 8 == 0 && ldx % 4 == 0 && aligned16(w.w) && aligned16(x);
+  const unsigned g = blocks(I, 8);
+  if (T <= 1) gemv_silu_kernel<1><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, I, K, int(T), vec);
+  else if (T <= 2) gemv_silu_kernel<2><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, I, K, int(T), vec);
+  else if (T <= 4) gemv_silu_kernel<4><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, I, K, int(T), vec);
+  else gemv_silu_kernel<8><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, I, K, int(T), vec);
   check_launch();
 }
 
@@ -650,20 +699,28 @@ void moe_route(cudaStream_t st, int32_t* ids, int64_t ldi, float* wts, int64_t l
 void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* x, int64_t ldx, const int32_t* ids,
                          int64_t ldi, const float* wts, int64_t ldw, int64_t T, int K, int64_t H, int64_t I,
                          const ExpertDesc* experts, int E, int32_t* cnt, int32_t* list, float* hbuf, float* ybuf) {
-  CUDA_CHECK(cudaMemsetAsync(cnt, 0, sizeof(int32_t) * E, st));
+  // cnt: [E + 1] counts then the number of active experts; active: [E] ids.
+  int32_t* active = cnt + E + 1;
+  CUDA_CHECK(cudaMemsetAsync(cnt, 0, sizeof(int32_t) * (E + 1), st));
   CUDA_CHECK(cudaMemsetAsync(ybuf, 0, sizeof(float) * T * K * H, st));
-  moe_count_kernel<<<blocks(T * K), 256, 0, st>>>(ids, ldi, T, K, E, cnt, list);
+  moe_count_kernel<<<blocks(T * K), 256, 0, st>>>(ids, ldi, T, K, E, cnt, list, active);
   check_launch();
-  moe_gate_up_kernel<<<dim3(E, blocks(I, 8)), 256, 0, st>>>(hbuf, x, ldx, experts, cnt, list, T, K, H, I);
+  const unsigned na = static_cast<unsigned>(std::min<int64_t>(E, T * K));  // blocks past cnt[E] exit at once
+  moe_gate_up_kernel<<<dim3(na, blocks(I, 8)), 256, 0, st>>>(hbuf, x, ldx, experts, cnt, list, active, E, T, K, H,
+                                                              I);
   check_launch();
-  moe_down_kernel<<<dim3(E, blocks(H, 8)), 256, 0, st>>>(ybuf, hbuf, experts, cnt, list, T, H, I);
+  moe_down_kernel<<<dim3(na, blocks(H, 8)), 256, 0, st>>>(ybuf, hbuf, experts, cnt, list, active, E, T, H, I);
   check_launch();
   moe_combine_kernel<<<blocks(T * H), 256, 0, st>>>(out, ldo, ybuf, wts, ldw, T, K, H);
   check_launch();
 }
 
-void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V) {
-  argmax_kernel<<<static_cast<unsigned>(R), 1024, 0, st>>>(ids, x, ldx, V);
+void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V, void* scratch) {
+  auto* pv = static_cast<float*>(scratch);
+  auto* pi = reinterpret_cast<int64_t*>(static_cast<char*>(scratch) + sizeof(float) * R * kArgParts);
+  argmax_part_kernel<<<dim3(static_cast<unsigned>(R), kArgParts), 256, 0, st>>>(pv, pi, x, ldx, V);
+  check_launch();
+  argmax_final_kernel<<<static_cast<unsigned>(R), 64, 0, st>>>(ids, pv, pi, V);
   check_launch();
 }
 
