@@ -347,7 +347,7 @@ def cmd_table(a):
         val = None
         notes = []
         if kd:
-            for key in ("tok_s", "decode_tok_s", "seqs_per_s"):
+            for key in ("achieved_gbs", "tok_s", "decode_tok_s", "seqs_per_s"):
                 if isinstance(kd.get(key), (int, float)):
                     val = kd[key]
                     break
@@ -355,8 +355,9 @@ def cmd_table(a):
             notes.append(", ".join(extra))
         else:
             notes.append("n/a: " + (k.get("error") or "")[:120])
-        kb = kd.get("bound_tok_s") if kd else None
-        rows.append(("MLA decode kernel alone (64 seqs × 4096 ctx)", val, kb, None, "—", notes))
+        kb = (kd.get("bandwidth_gbs") or kd.get("bound_tok_s")) if kd else None
+        rows.append(("MLA decode kernel alone (64 seqs × 4096 ctx, 16 heads; GB/s of f32 cache, bound = HBM probe)",
+                     val, kb, None, "—", notes))
 
     out = []
     out.append(f"GPU: {meta.get('gpu', 'unknown')} · commit {meta.get('commit', 'unknown')} · {meta.get('date', '')}"

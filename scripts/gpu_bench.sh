@@ -171,8 +171,7 @@ for m in $DECODE_MODELS; do
     --prompt-len 128 --gen-len $GEN --repeat $REPEAT --json
 done
 echo "=== MLA decode kernel alone (dsfuse kbench) ==="
-# PLACEHOLDER: tools/cmd_kbench.cpp has no CUDA MLA mode yet (it times one CPU linear layer); this call fails and
-# the row reads n/a until `dsfuse kbench mla --device cuda --seqs N --context C --json` exists.
+# The absorbed-MLA decode kernel over a 64-sequence, 4096-token paged latent cache (V2-Lite's 16 heads).
 run kbench_mla mla "$(cap 60)" "$DSFUSE" kbench mla --device "$DEVICE" --seqs 64 --context 4096 --json
 if [ "$HF" = 1 ]; then
   echo "=== decode, batch 1 (HF Transformers $(python3 -c 'import transformers; print(transformers.__version__)' 2>/dev/null || echo '(not importable)')) ==="

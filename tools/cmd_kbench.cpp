@@ -9,13 +9,83 @@
 #include "backend/cpu/kernels.h"
 #include "cli.h"
 #include "core/arena.h"
+#include "models/model.h"
 #include "quant/quantize.h"
 
 namespace {
 
 using namespace dsfuse;
 
+// `dsfuse kbench mla`: the absorbed-MLA decode attention alone on a device: one new token for each of --seqs
+// sequences over --context cached positions (paged pool, one block per sequence), DeepSeek-V2/V3 head shapes.
+// Reports the cache bytes read (latent + rope key, f32 as dsfuse stores them) per second.
+int run_kbench_mla(int argc, char** argv) {
+  CLI::App app{"Time the MLA decode attention kernel alone", "dsfuse kbench mla"};
+  std::string device = "cuda";
+  int64_t seqs = 64, ctx = 4096, heads = 16, C = 512, R = 64, Dn = 128, Dv = 128;
+  int repeat = 20;
+  bool json_out = false;
+  app.add_option("--device", device, "cuda, cuda:N, cpu");
+  app.add_option("--seqs", seqs, "sequences (one new token each)")->check(CLI::Range(1, 4096));
+  app.add_option("--context", ctx, "cached positions per sequence")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--heads", heads, "attention heads (V2-Lite 16, V3 128)")->check(CLI::Range(1, 1024));
+  app.add_option("--repeat", repeat, "timed repetitions (mean)")->check(CLI::Range(1, 100000));
+  app.add_flag("--json", json_out, "print one JSON line");
+  CLI11_PARSE(app, argc, argv);
+  auto be = make_device_backend(device);
+  const int64_t rows = seqs * ctx;
+  std::mt19937 g(7);
+  std::normal_distribution<float> nd(0, 0.5f);
+  auto dev_tensor = [&](DType dt, std::initializer_list<int64_t> dims) {
+    TensorView v(nullptr, dt, dims, be->device());
+    const size_t n = static_cast<size_t>(v.numel());
+    std::vector<float> h(n);
+    for (auto& x : h) x = nd(g);
+    v.data = be->alloc(v.nbytes());
+    be->copy_to_device(v.data, h.data(), v.nbytes());
+    return v;
+  };
+  TensorView latent = dev_tensor(DType::F32, {rows, C}), kpe = dev_tensor(DType::F32, {rows, R});
+  TensorView qn = dev_tensor(DType::F32, {seqs, heads, Dn}), qp = dev_tensor(DType::F32, {seqs, heads, R});
+  TensorView out = dev_tensor(DType::F32, {seqs, heads, Dv});
+  std::vector<uint16_t> wb(static_cast<size_t>(heads * (Dn + Dv) * C));
+  for (auto& w : wb) w = f32_to_bf16(nd(g) * 0.05f);
+  Linear kvb;
+  kvb.w = TensorView(wb.data(), DType::BF16, {heads * (Dn + Dv), C});
+  kvb = be->prepare(kvb);
+  std::vector<int32_t> tables(static_cast<size_t>(seqs));
+  std::vector<SeqSegment> segs;
+  std::vector<int32_t> ids(static_cast<size_t>(seqs), 0), pos(static_cast<size_t>(seqs), static_cast<int32_t>(ctx - 1));
+  for (int64_t b = 0; b < seqs; ++b) {
+    tables[static_cast<size_t>(b)] = static_cast<int32_t>(b);
+    segs.push_back(SeqSegment{b, 1, ctx - 1, PagedRows{&tables[static_cast<size_t>(b)], static_cast<int>(ctx)}});
+  }
+  be->begin_step(ids.data(), pos.data(), seqs, &segs);
+  auto once = [&] { be->mla_attention_segs(out, qn, qp, latent, kpe, kvb, 0.07f, segs); };
+  for (int i = 0; i < 3; ++i) once();
+  be->synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < repeat; ++i) once();
+  be->synchronize();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / repeat;
+  const double bytes = static_cast<double>(rows) * (C + R) * sizeof(float);
+  const double bw = be->measure_bandwidth_gbs();
+  std::printf("mla decode: %lld seqs x %lld context, %lld heads, C=%lld R=%lld: %.3f ms, %.1f GB/s of cache (%.1f%% of the"
+              " %.0f GB/s probe)\n",
+              static_cast<long long>(seqs), static_cast<long long>(ctx), static_cast<long long>(heads),
+              static_cast<long long>(C), static_cast<long long>(R), s * 1e3, bytes / s / 1e9,
+              bw > 0 ? 100 * bytes / s / 1e9 / bw : 0.0, bw);
+  if (json_out)
+    std::printf("{\"kernel\": \"mla_decode\", \"seqs\": %lld, \"context\": %lld, \"heads\": %lld, \"ms\": %.4f, "
+                "\"cache_bytes\": %.0f, \"achieved_gbs\": %.2f, \"bandwidth_gbs\": %.2f, \"fraction_of_bandwidth\": %.4f}\n",
+                static_cast<long long>(seqs), static_cast<long long>(ctx), static_cast<long long>(heads), s * 1e3, bytes,
+                bytes / s / 1e9, bw, bw > 0 ? bytes / s / 1e9 / bw : 0.0);
+  for (void* p : {latent.data, kpe.data, qn.data, qp.data, out.data}) be->free(p);
+  return 0;
+}
+
 int run_kbench(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "mla") return run_kbench_mla(argc - 1, argv + 1);
   CLI::App app{"Time one linear layer (N x K weights, T tokens) on the CPU backend", "dsfuse kbench"};
   int64_t N = 8960, K = 1536;
   int threads = 0, repeat = 20;
