@@ -17,7 +17,7 @@
 #   $BUILD_DIR/bench-logs), OUT (when set: bench.jsonl is written there, table.md and bench-logs.tgz copied there
 #   at the end),
 #   QUICK=1 (fewer rows, shorter runs), HF=0 (skip Transformers), DECODE_MODELS / SERVE_MODELS (config names
-#   without .json), BUDGET_S (seconds for the whole script, build included, default 570: steps are shortened or
+#   without .json; HF_DECODE_MODELS: the HF decode rows, default DECODE_MODELS), BUDGET_S (seconds for the whole script, build included, default 570: steps are shortened or
 #   skipped to end in time), SERVE_S (load-generator time limit per throughput row; at the limit the row reports
 #   the server's own token rate from /metrics), KV_MB (server KV pool, default 60000),
 #   DEVICE (default cuda), COMMIT (shown when git cannot tell), GPU_BW_GBS (bandwidth for the bounds, overrides
@@ -40,7 +40,7 @@ if [ "$QUICK" = 1 ]; then
 else
   DECODE_MODELS=${DECODE_MODELS-"deepseek-r1-distill-qwen-7b deepseek-llm-7b deepseek-r1-distill-qwen-1.5b deepseek-v2-lite"}
   SERVE_MODELS=${SERVE_MODELS-"deepseek-r1-distill-qwen-7b deepseek-llm-7b"}
-  REPEAT=3 GEN=128 HF_GEN=32 REQUESTS=128 S_GEN=256 SERVE_S=${SERVE_S:-120}
+  REPEAT=${REPEAT:-3} GEN=128 HF_GEN=32 REQUESTS=${REQUESTS:-128} S_GEN=256 SERVE_S=${SERVE_S:-120}
 fi
 CONC=64 S_PROMPT=512
 
@@ -175,7 +175,7 @@ echo "=== MLA decode kernel alone (dsfuse kbench) ==="
 run kbench_mla mla "$(cap 60)" "$DSFUSE" kbench mla --device "$DEVICE" --seqs 64 --context 4096 --json
 if [ "$HF" = 1 ]; then
   echo "=== decode, batch 1 (HF Transformers $(python3 -c 'import transformers; print(transformers.__version__)' 2>/dev/null || echo '(not importable)')) ==="
-  for m in $DECODE_MODELS; do
+  for m in ${HF_DECODE_MODELS-$DECODE_MODELS}; do
     run hf_decode "$m" "$(cap 150)" python3 scripts/hf_bench.py --config "$CONFIGS/$m.json" --mode decode \
       --prompt-len 128 --gen-len $HF_GEN --no-bw-probe ${HF_ARGS:-}
   done
