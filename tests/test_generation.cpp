@@ -331,8 +331,16 @@ TEST(ChatCli, MultiTurnResetExitAndCtrlCInterruptsOnlyTheAnswer) {
     std::ofstream f(in);
     f << "ROMEO:\n/exit\n";
   }
-  const std::string cmd = std::string("sh -c '") + DSFUSE_BIN + " chat --max-new-tokens 100000 --ignore-eos --threads 1 < " +
-                          in.string() + " > " + in.string() + ".out 2>&1 & pid=$!; sleep 0.4; kill -INT $pid; wait $pid'";
+  // The signal goes out once the answer has started streaming (a fixed delay raced the whole answer, which the
+  // 1024-token context ends in ~0.4 s on a fast machine).
+  const std::string o_path = in.string() + ".out";
+  // (The output file exists before the loop polls it: a missing file ended the loop at once, and a SIGINT sent
+  // before the chat installs its handler is ignored, since sh starts background jobs with SIGINT ignored.)
+  const std::string cmd = std::string("sh -c ': > ") + o_path + "; " + DSFUSE_BIN +
+                          " chat --max-new-tokens 100000 --ignore-eos --threads 1 < " +
+                          in.string() + " > " + o_path + " 2>&1 & pid=$!; " +
+                          "while kill -0 $pid 2>/dev/null && [ $(wc -c < " + o_path + ") -lt 20 ]; do sleep 0.005; done; " +
+                          "kill -INT $pid; wait $pid'";
   const int rc = std::system(cmd.c_str());
   std::ifstream o(in.string() + ".out");
   const std::string out((std::istreambuf_iterator<char>(o)), std::istreambuf_iterator<char>());

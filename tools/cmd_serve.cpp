@@ -46,7 +46,6 @@ int run_serve(int argc, char** argv) {
   app.add_option("--kv-memory-mb", kv_mb, "KV cache size (default: 256 MiB, at least one full context)");
   app.add_option("--threads", threads, "CPU threads");
   app.add_option("--quant", quant, "none, int8, int8-asym");
-  app.add_option("--device", device, "cpu, reference, cuda or cuda:N (weights and the KV pool live there)");
   app.add_option("--tensor-parallel", tp, "ranks")->check(CLI::Range(1, 64));
   app.add_option("--device", device, "cpu, reference, cuda or cuda:N (CUDA builds; ranks on GPUs N, N+1, ...)");
   app.add_option("--drain-seconds", drain, "on SIGTERM, time given to in-flight requests");
