@@ -132,7 +132,9 @@ class DeepseekModel final : public CausalLM {
     const int64_t T = x.shape[0], Hd = cfg_.hidden_size, NH = n_heads_;
     const int64_t Dn = m.qk_nope_head_dim, R = m.qk_rope_head_dim, Dv = m.v_head_dim, C = m.kv_lora_rank;
     const float eps = static_cast<float>(cfg_.rms_norm_eps);
-    // h: the normed input of the next block, one buffer for all layers (residual add and norm are fused).
+    // h: the normed input of the next block, one buffer for all layers (residual add and norm are fused);
+    // released at the end, so the arena is left as it was found.
+    const size_t start = arena_.used();
     TensorView h = arena_.alloc(DType::F32, {T, Hd});
     const size_t mark = arena_.used();
     if (!layers_.empty()) be_.rms_norm(h, x, layers_[0].attn_norm, eps);
@@ -207,6 +209,7 @@ class DeepseekModel final : public CausalLM {
       else be_.add(x, o);
       arena_.reset_to(mark);
     }
+    arena_.reset_to(start);
   }
 
  private:

@@ -55,7 +55,9 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
   const int64_t Hq = n_heads_, Hkv = n_kv_heads_;
   const float eps = static_cast<float>(cfg_.rms_norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  // h: the normed input of the next block, one buffer for all layers (residual add and norm are fused).
+  // h: the normed input of the next block, one buffer for all layers (residual add and norm are fused);
+  // released at the end, so the arena is left as it was found.
+  const size_t start = arena_.used();
   TensorView h = arena_.alloc(DType::F32, {T, H});
   const size_t mark = arena_.used();
   if (!layers_.empty()) be_.rms_norm(h, x, layers_[0].attn_norm, eps);
@@ -110,6 +112,7 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
     else be_.add(x, o);
     arena_.reset_to(mark);  // release this layer's activations (the arena is a stack)
   }
+  arena_.reset_to(start);
 }
 
 std::unique_ptr<CausalLM> make_llama(const ModelConfig& cfg, WeightLoader& wl, Backend& be) {

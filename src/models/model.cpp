@@ -325,15 +325,18 @@ TensorView CausalLM::forward_logits(const Batch& b, KVCache& pool, const std::ve
       be_.linear(out, xl, lm_head_);
     }
   };
-  if (decode && be_.graph_launch(key)) {
-    // Replayed: the recorded run's buffers, allocated again in the same order (the layers leave the arena as
-    // they found it).
-    xl = arena_.alloc(DType::F32, {L, H});
-    out = arena_.alloc(DType::F32, {L, V});
+  auto it = decode ? graph_out_.find(key) : graph_out_.end();
+  if (it != graph_out_.end() && be_.graph_launch(key)) {
+    // Replayed: the logits are where the recorded run wrote them (same arena base, same allocations); the
+    // arena's high mark is set past them as the recorded run left it.
+    out = TensorView(arena_.base() + it->second.first, DType::F32, {L, V}, x.device);
+    arena_.reset_to(it->second.second);
   } else {
     if (decode) be_.graph_begin(key);
     run();
     if (decode) be_.graph_end();
+    if (decode && L > 0)
+      graph_out_[key] = {static_cast<size_t>(static_cast<char*>(out.data) - arena_.base()), arena_.used()};
   }
   if (L == 0) return TensorView();
   return out;

@@ -154,6 +154,8 @@ class CausalLM : public BatchModel {
   Backend& be_;
   TPInfo tp_;
   Arena arena_;  // per-forward activations; sized on first use for the largest T seen
+  // Decode-step graph key -> (offset of the logits in the arena, arena use after the step) of its recorded run.
+  std::map<uint64_t, std::pair<size_t, size_t>> graph_out_;
   TensorView embed_, final_norm_;
   Linear lm_head_;
 };
