@@ -13,6 +13,8 @@
 // shared experts.
 #include <cmath>
 
+#include "core/log.h"
+
 #include "models/model.h"
 #include "ops/rope.h"
 
@@ -32,6 +34,7 @@ class DeepseekModel final : public CausalLM {
     const int64_t Dq = m.qk_nope_head_dim + m.qk_rope_head_dim;
     tp_.share(NH, "num_attention_heads");
     n_heads_ = NH / tp_.size;
+    log::Progress progress(wl.progress_label(), cfg_.num_hidden_layers);
     for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       Layer L;
@@ -76,6 +79,7 @@ class DeepseekModel final : public CausalLM {
         L.mlp = load_mlp(wl, p + "mlp", cfg_.intermediate_size, Hd);
       }
       layers_.push_back(std::move(L));
+      progress.update(l + 1);
     }
     // Multi-token-prediction layers (V3: index num_hidden_layers ...) are recognised, not loaded.
     for (int l = cfg_.num_hidden_layers; l < cfg_.num_hidden_layers + cfg_.num_nextn_predict_layers; ++l) {

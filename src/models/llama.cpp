@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/log.h"
+
 namespace dsfuse {
 
 // Tensor parallelism: q/k/v and gate/up are column-parallel (heads and intermediate units split across
@@ -17,6 +19,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : 
   const int64_t q_full = cfg_.num_attention_heads * D, kv_full = cfg_.num_key_value_heads * D;
   q_dim_ = n_heads_ * D;
   kv_dim_ = n_kv_heads_ * D;
+  log::Progress progress(wl.progress_label(), cfg_.num_hidden_layers);
   for (int l = 0; l < cfg_.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Layer L;
@@ -33,6 +36,7 @@ LlamaModel::LlamaModel(const ModelConfig& cfg, WeightLoader& wl, Backend& be) : 
     L.o = wl.linear(p + "self_attn.o_proj", H, q_full, cfg_.attention_bias, Split::Row);
     L.mlp = load_mlp(wl, p + "mlp", I, H, cfg_.mlp_bias);
     layers_.push_back(std::move(L));
+    progress.update(l + 1);
   }
   rope_ = make_rope_table(cfg_.rope, static_cast<int>(D));
 }

@@ -10,6 +10,15 @@ try {
   const page = await browser.newPage();
   await page.goto(url);
   await page.fill('#msg', 'ROMEO:');
+  // Count the answer's distinct texts inside the page too (a MutationObserver sees every update, however fast
+  // the model streams; sampling from here alone can miss them on a fast machine).
+  await page.evaluate(() => {
+    window.__partials = new Set();
+    new MutationObserver(() => {
+      const e = document.querySelector('#answer-1');
+      if (e && e.textContent) window.__partials.add(e.textContent);
+    }).observe(document.body, { subtree: true, childList: true, characterData: true });
+  });
   await page.click('#send');
   // Sample the answer while it streams: it must grow through several distinct partial texts.
   const seen = new Set();
@@ -23,7 +32,8 @@ try {
   }
   const final = await page.$eval('#answer-1', e => e.textContent);
   const user = await page.$eval('.user', e => e.textContent);
-  console.log(JSON.stringify({ done, user, final, partials: seen.size }));
+  const observed = await page.evaluate(() => window.__partials.size);
+  console.log(JSON.stringify({ done, user, final, partials: Math.max(seen.size, observed) }));
   if (!done || !final || user !== 'You: ROMEO:') process.exit(1);
 } finally {
   await browser.close();
