@@ -251,3 +251,15 @@ TEST(TensorParallelErrors, IndivisibleHeadsAreAClearError) {
 }
 
 }  // namespace
+
+namespace {
+
+// The command line's default device: a GPU when there is one.
+TEST(Devices, AutoIsCudaOnlyWithAGpu) {
+  EXPECT_EQ(dsfuse::resolve_device("auto"), dsfuse::test::cuda_available() ? "cuda" : "cpu");
+  EXPECT_EQ(dsfuse::resolve_device("cuda:1"), "cuda:1");
+  EXPECT_EQ(dsfuse::resolve_device("reference"), "reference");
+  EXPECT_EQ(dsfuse::resolve_device("cpu"), "cpu");
+}
+
+}  // namespace

@@ -47,7 +47,7 @@ int run_bench(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "serve") return run_bench_serve(argc - 1, argv + 1);
   CLI::App app{"Measure prefill/decode speed, TTFT, peak RSS and the fraction of the memory-bandwidth bound",
                "dsfuse bench"};
-  std::string model, config, quant = "none", device = "cpu";
+  std::string model, config, quant = "none", device = "auto";
   bool dummy = false, json_out = false;
   int prompt_len = 128, gen_len = 64, batch = 1, threads = 0, repeat = 3, tp = 1;
   double bw_override = 0;
@@ -61,7 +61,7 @@ int run_bench(int argc, char** argv) {
   app.add_option("--batch", batch, "sequences run together (one batched forward per step)")->check(CLI::Range(1, 4096));
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   app.add_option("--repeat", repeat, "repetitions (medians reported)")->check(CLI::Range(1, 1000));
-  app.add_option("--device", device, "cpu, reference, cuda or cuda:N (CUDA builds)");
+  app.add_option("--device", device, "auto (default: cuda when a GPU is present), cpu, reference, cuda or cuda:N (CUDA builds)");
   app.add_option("--tensor-parallel", tp, "ranks to shard the model over (GPUs N, N+1, ... on cuda:N)")->check(CLI::Range(1, 64));
   app.add_option("--bandwidth-gbs", bw_override, "skip the probe and use this bandwidth (GB/s)");
   app.add_flag("--json", json_out, "print one JSON line at the end");
@@ -72,6 +72,7 @@ int run_bench(int argc, char** argv) {
   DSFUSE_CHECK(config.empty() || dummy, "bench: --config needs --dummy-weights (there are no weights to load)");
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
+  device = resolve_device(device);
   // Machine probes first (before the model occupies memory). On a GPU the bound is the device memory's
   // streaming-read bandwidth, measured by the backend.
   const bool gpu = device != "cpu" && device != "reference";

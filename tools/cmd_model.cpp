@@ -42,13 +42,13 @@ int run_logits(int argc, char** argv) {
   std::string model, ids_s, out;
   bool incremental = false;
   int threads = 0;
-  std::string device = "cpu";
+  std::string device = "auto";
   app.add_option("--model", model, "Hugging Face model directory")->required();
   app.add_option("--ids", ids_s, "comma-separated token ids, e.g. 5,17,42")->required();
   app.add_option("--out", out, "output .safetensors path")->required();
   app.add_flag("--incremental", incremental, "feed the first token, then one token at a time through the KV cache");
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
-  app.add_option("--device", device, "cpu, reference (scalar ops), cuda or cuda:N (CUDA builds)");
+  app.add_option("--device", device, "auto (default: cuda when a GPU is present), cpu, reference (scalar ops), cuda or cuda:N (CUDA builds)");
   int tp = 1;
   app.add_option("--tensor-parallel", tp, "ranks to shard the model over (one backend and thread each)")
       ->check(CLI::Range(1, 64));

@@ -34,7 +34,7 @@ struct GenFlags {
   std::string model;
   int threads = 0;
   int tensor_parallel = 1;
-  std::string device = "cpu";
+  std::string device = "auto";
   std::string quant = "none";
   std::optional<int> max_new_tokens;
   std::optional<float> temperature, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty;
@@ -58,7 +58,7 @@ struct GenFlags {
     app.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
     app.add_option("--threads", threads, "CPU threads (default: all cores)");
     app.add_option("--tensor-parallel", tensor_parallel, "ranks to shard the model over")->check(CLI::Range(1, 64));
-    app.add_option("--device", device, "cpu, reference, cuda or cuda:N (CUDA builds; ranks on GPUs N, N+1, ...)");
+    app.add_option("--device", device, "auto (default: cuda when a GPU is present), cpu, reference, cuda or cuda:N (CUDA builds; ranks on GPUs N, N+1, ...)");
     app.add_option("--quant", quant, "weights in memory: none (as stored), int8, int8-asym");
   }
 };

@@ -27,7 +27,7 @@ void on_signal(int sig) { g_signal = sig; }
 
 int run_serve(int argc, char** argv) {
   CLI::App app{"OpenAI-compatible HTTP server with continuous batching", "dsfuse serve"};
-  std::string model, config, tokenizer_dir, name, quant = "none", device = "cpu";
+  std::string model, config, tokenizer_dir, name, quant = "none", device = "auto";
   server::ServerOptions so;
   bool dummy = false;
   int threads = 0, max_num_seqs = 64, max_queue = 256, max_batched_tokens = 512, tp = 1;
@@ -47,7 +47,7 @@ int run_serve(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads");
   app.add_option("--quant", quant, "none, int8, int8-asym");
   app.add_option("--tensor-parallel", tp, "ranks")->check(CLI::Range(1, 64));
-  app.add_option("--device", device, "cpu, reference, cuda or cuda:N (CUDA builds; ranks on GPUs N, N+1, ...)");
+  app.add_option("--device", device, "auto (default: cuda when a GPU is present), cpu, reference, cuda or cuda:N (CUDA builds; ranks on GPUs N, N+1, ...)");
   app.add_option("--drain-seconds", drain, "on SIGTERM, time given to in-flight requests");
   CLI11_PARSE(app, argc, argv);
 

@@ -17,11 +17,15 @@ namespace dsfuse {
 struct LoadOptions {
   int threads = 0;            // 0: all cores (or $DSFUSE_THREADS)
   // "cpu", "reference" (scalar, for tests), "cuda" / "cuda:N" (builds with CUDA; DSFUSE_CUDA_F32=1 in the
-  // environment forces f32 weights and GEMMs on the GPU)
+  // environment forces f32 weights and GEMMs on the GPU), "auto" (cuda when a GPU is present, else cpu: the
+  // command line's default)
   std::string device = "cpu";
   std::string quant = "none";  // weights in memory: "none" (as stored), "int8", "int8-asym"
   int tensor_parallel = 1;     // ranks (one backend and one thread each; heads, MLPs, experts, vocab split)
 };
+
+// "auto" -> "cuda" when this build has CUDA and a GPU is present, else "cpu"; other names unchanged.
+std::string resolve_device(const std::string& device);
 
 struct ModelInfo {
   std::string architecture, family;

@@ -554,8 +554,16 @@ class ModelImpl final : public Model {
 
 }  // namespace
 
+std::string resolve_device(const std::string& device) {
+  if (device != "auto") return device;
+#ifdef DSFUSE_HAVE_CUDA
+  if (cuda_device_count() > 0) return "cuda";
+#endif
+  return "cpu";
+}
+
 std::unique_ptr<Backend> make_device_backend(const std::string& device, int rank, int threads) {
-  return make_backend(device, rank, threads);
+  return make_backend(resolve_device(device), rank, threads);
 }
 
 BatchModel& batch_model(Model& m) {
@@ -566,7 +574,9 @@ BatchModel& batch_model(Model& m) {
 
 std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadOptions& opts) {
   ModelConfig cfg = load_config(dir);
-  return std::make_unique<ModelImpl>(std::move(cfg), std::make_unique<Checkpoint>(dir), opts);
+  LoadOptions o = opts;
+  o.device = resolve_device(opts.device);
+  return std::make_unique<ModelImpl>(std::move(cfg), std::make_unique<Checkpoint>(dir), o);
 }
 
 std::unique_ptr<Model> Model::load_dummy(const std::filesystem::path& config_json, const LoadOptions& opts,
@@ -574,7 +584,9 @@ std::unique_ptr<Model> Model::load_dummy(const std::filesystem::path& config_jso
   ModelConfig cfg = load_config(config_json);
   cfg.quant = QuantConfig{};  // dummy weights are bf16 (then quantized as opts.quant says)
   cfg.num_nextn_predict_layers = 0;
-  return std::make_unique<ModelImpl>(std::move(cfg), Checkpoint::synthetic(seed), opts);
+  LoadOptions o = opts;
+  o.device = resolve_device(opts.device);
+  return std::make_unique<ModelImpl>(std::move(cfg), Checkpoint::synthetic(seed), o);
 }
 
 }  // namespace dsfuse
