@@ -84,8 +84,14 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
   }
   const int64_t chunk = (n + chunks - 1) / chunks;
   chunks = static_cast<int>((n + chunk - 1) / chunk);
-  // Publish the job: fields first, then the tagged chunk counter, then the generation (release).
+  // Publish the job. First close the chunk counter under the new tag: a worker still in run_chunks() of the
+  // previous job holds that job's counter value, and without this its claim could succeed against the old
+  // counter after the fields below were overwritten -- running one of this job's chunks twice and counting it
+  // in done_, so the wait below never ended (seen as a rare hang under load). Then the fields, then the open
+  // counter, then the generation (release).
   const uint64_t gen = generation_.load(std::memory_order_relaxed) + 1;
+  next_.store(((gen & 0xffffffffu) << 32) | 0x7fffffffu, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
   job_ = &fn;
   n_ = n;
   chunk_ = chunk;
