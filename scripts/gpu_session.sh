@@ -17,6 +17,8 @@ DECODE_MODELS=${DECODE_MODELS:-"deepseek-r1-distill-qwen-1.5b deepseek-llm-7b de
 HF_DECODE_MODELS=${HF_DECODE_MODELS:-"deepseek-r1-distill-qwen-1.5b deepseek-llm-7b"} \
 SERVE_MODELS=${SERVE_MODELS:-deepseek-r1-distill-qwen-7b} REPEAT=${REPEAT:-2} REQUESTS=${REQUESTS:-64} SKIP_BUILD=1 \
 BUDGET_S=${BENCH_BUDGET_S:-290} OUT=$OUT bash scripts/gpu_bench.sh 2>&1 | tail -22
+echo "== MLA kernel alone, opt-in all-heads kernel (DSFUSE_CUDA_MLA_HEADS=1)"
+DSFUSE_CUDA_MLA_HEADS=1 timeout 60 build-gpu/dsfuse kbench mla --device cuda --seqs 64 --context 4096 2>&1 | tail -1
 if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
   for m in deepseek-r1-distill-qwen-7b deepseek-v2-lite; do
     echo "== tensor-parallel 2: $m"

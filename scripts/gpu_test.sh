@@ -31,6 +31,13 @@ for mode in f32 bf16; do
   grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[  FAILED  \]|Failure|error" "$LOG_DIR/tests-$mode.log" | head -40
 done
 unset DSFUSE_CUDA_F32
+# Opt-in kernels, checked against the same references; reported apart (they do not change the status above).
+t1=$(date +%s)
+DSFUSE_CUDA_MLA_HEADS=1 "$BUILD_DIR/dsfuse_tests" \
+  --gtest_filter='Backends/BackendOps.Mla*/1:Backends/BackendOps.Segmented*/1:*Parity.Cuda*/deepseek*:*Greedy*Cuda*/deepseek*:DefaultModel.Cuda*' \
+  > "$LOG_DIR/tests-mla-heads.log" 2>&1 && mh="PASSED" || mh="FAILED"
+echo "=== opt-in DSFUSE_CUDA_MLA_HEADS=1 (MLA with all heads per block): $mh ($(( $(date +%s) - t1 )) s) ==="
+grep -E "^\[ops\] cuda +mla|^\[parity\] cuda|Failure" "$LOG_DIR/tests-mla-heads.log" | head -20
 # Rough timings (not a benchmark): the default model, 128 tokens, full forward and token by token.
 echo "=== timing: models/default, 128 tokens ==="
 IDS=$(seq -s, 1 128)

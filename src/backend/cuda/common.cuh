@@ -106,6 +106,13 @@ void mla_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float
               const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
               int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
               const SegMeta& m, float* part, int nsplit);  // part: [T * H, nsplit, C + 2] floats when nsplit > 1
+// The same with all heads of a token per block (opt-in, DSFUSE_CUDA_MLA_HEADS=1; see kernels.cu): part
+// [T * H, nsplit, C + 2], qlat [T, H, C], qpe_s [T, H, R] floats of scratch.
+bool mla_heads_supported(int64_t H, int R, int C);
+void mla_heads(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
+               const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
+               int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
+               const SegMeta& m, float* part, int nsplit, float* qlat, float* qpe_s);
 // MoE on the device (no host synchronisation): routing, and the routed experts as grouped GEMVs.
 struct ExpertDesc {
   WDesc gate, up, down;  // gate.w == nullptr: expert not on this rank

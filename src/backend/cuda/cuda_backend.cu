@@ -220,6 +220,8 @@ class CudaBackend final : public Backend {
     f32_ = e && *e && std::string(e) != "0";
     const char* g = std::getenv("DSFUSE_CUDA_GRAPHS");
     graphs_ = !(g && std::string(g) == "0");
+    const char* mh = std::getenv("DSFUSE_CUDA_MLA_HEADS");
+    mla_heads_ = mh && std::string(mh) == "1";
     const char* pr = std::getenv("DSFUSE_CUDA_PROFILE");
     profile_ = pr && *pr && std::string(pr) != "0";
     if (profile_) graphs_ = false;
@@ -524,6 +526,17 @@ class CudaBackend final : public Backend {
     Op op(this);
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2];
+    if (mla_heads_ && mla_heads_supported(H, int(R), int(C))) {  // all heads per block (opt-in)
+      const int ns = static_cast<int>(std::clamp<int64_t>((2 * sms_ + T - 1) / T, 1, 64));
+      float* part = scratch_f(T * H * ns * (C + 2));
+      float* qlat = scratch_f(T * H * C);
+      float* qpe_s = scratch_f(T * H * R);
+      cuda::mla_heads(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q_nope.ptr<float>(), q_nope.stride[0],
+                      q_nope.stride[1], q_pe.ptr<float>(), q_pe.stride[0], q_pe.stride[1], latent.ptr<float>(),
+                      latent.stride[0], k_pe.ptr<float>(), k_pe.stride[0], desc_of(kv_b), T, H, int(Dn), int(Dv),
+                      int(R), int(C), scale, seg_meta(segs, T), part, ns, qlat, qpe_s);
+      return;
+    }
     // Key splits when tokens x heads leave the GPU idle (decode of small batches); 64+ keys per split.
     const int64_t nb = T * H;
     const int nsplit = nb >= 2 * sms_ ? 1 : static_cast<int>(std::min<int64_t>(16, (2 * sms_ + nb - 1) / nb));
@@ -996,7 +1009,7 @@ class CudaBackend final : public Backend {
   int dev_ = 0, sms_ = 132;
   void* stage_host_[2] = {nullptr, nullptr};
   cudaEvent_t stage_done_[2] = {nullptr, nullptr};
-  bool f32_ = false, graphs_ = true, profile_ = false;
+  bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false;
   int prof_depth_ = 0;
   std::map<std::string, std::pair<int64_t, double>> prof_;
   std::vector<ProfPending> prof_pending_;

@@ -429,6 +429,121 @@ __global__ void mla_finish_kernel(float* out, int64_t lo0, int64_t lo1, const fl
   }
 }
 
+// ---- MLA decode with all heads of a token per block (opt-in: DSFUSE_CUDA_MLA_HEADS=1) ----
+// The per-(token, head) kernel above reads a sequence's latent cache once per head. Here one block per (token,
+// key split) stages tiles of kMhKT cache rows in shared memory once and scores them against every head's
+// absorbed query (mla_absorb_kernel), keeping the heads' latent outputs in registers; mla_finish_kernel merges
+// the splits and applies W_UV. Limits: H <= 16, C <= 512, R <= 64 (DeepSeek-V2-Lite's 16 heads; V3's 128
+// heads per GPU need the tensor-core version).
+constexpr int kMhThreads = 256, kMhKT = 16, kMhH = 16, kMhAcc = kMhH * 512 / kMhThreads;  // 32 per thread
+
+__global__ void mla_absorb_kernel(float* qlat, float* qpe_s, const float* qn, int64_t lqn0, int64_t lqn1,
+                                  const float* qpe, int64_t lqp0, int64_t lqp1, WDesc w, int64_t H, int Dn, int Dv,
+                                  int R, int C, float scale) {
+  const int64_t t = blockIdx.x / H, h = blockIdx.x % H;
+  const float* qnr = qn + t * lqn0 + h * lqn1;
+  const int64_t wrow0 = h * int64_t(Dn + Dv);
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float a = 0.0f;
+    for (int d = 0; d < Dn; ++d) a = fmaf(qnr[d], wload(w, wrow0 + d, c), a);
+    qlat[int64_t(blockIdx.x) * C + c] = a * scale;
+  }
+  for (int e = threadIdx.x; e < R; e += blockDim.x) qpe_s[int64_t(blockIdx.x) * R + e] = qpe[t * lqp0 + h * lqp1 + e] * scale;
+}
+
+__global__ void __launch_bounds__(kMhThreads) mla_heads_kernel(float* part, const float* qlat, const float* qpe_s,
+                                                               const float* lat, int64_t ll0, const float* kpe,
+                                                               int64_t lk0, int H, int R, int C, SegMeta m,
+                                                               int nsplit) {
+  extern __shared__ float sm[];
+  const int LC = C + 1;                 // padded row: the score loop reads one column of 16 rows per warp
+  float* s_lat = sm;                    // [kMhKT][LC]
+  float* s_kpe = s_lat + kMhKT * LC;    // [kMhKT][R]
+  float* s_p = s_kpe + kMhKT * R;       // [H][kMhKT] scores, then probabilities
+  float* s_m = s_p + kMhH * kMhKT;      // [H] running max
+  float* s_l = s_m + kMhH;              // [H] running sum
+  float* s_corr = s_l + kMhH;           // [H] rescale of this tile
+  const int64_t t = blockIdx.x;
+  const int tid = threadIdx.x;
+  int64_t S;
+  const int32_t* table;
+  seg_of(m, t, S, table);
+  const int bs = m.block_size;
+  const int64_t per = (S + nsplit - 1) / nsplit, s0 = blockIdx.y * per, s1 = min(S, s0 + per);
+  const float* ql = qlat + t * H * C;
+  const float* qp = qpe_s + t * H * R;
+  float acc[kMhAcc];
+#pragma unroll
+  for (int i = 0; i < kMhAcc; ++i) acc[i] = 0.0f;
+  if (tid < H) s_m[tid] = -INFINITY, s_l[tid] = 0.0f;
+  __syncthreads();
+  for (int64_t kb = s0; kb < s1; kb += kMhKT) {
+    const int n = s1 - kb < kMhKT ? int(s1 - kb) : kMhKT;
+    for (int i = tid; i < n * C; i += kMhThreads) {
+      const int j = i / C, c = i % C;
+      s_lat[j * LC + c] = lat[phys_row(table, bs, kb + j) * ll0 + c];
+    }
+    for (int i = tid; i < n * R; i += kMhThreads) {
+      const int j = i / R, e = i % R;
+      s_kpe[j * R + e] = kpe[phys_row(table, bs, kb + j) * lk0 + e];
+    }
+    __syncthreads();
+    for (int pr = tid; pr < H * kMhKT; pr += kMhThreads) {
+      const int h = pr / kMhKT, j = pr % kMhKT;
+      float dot = -INFINITY;
+      if (j < n) {
+        const float* q = ql + h * C;
+        const float* lr = s_lat + j * LC;
+        float a = 0.0f;
+        for (int c = 0; c < C; ++c) a = fmaf(q[c], lr[c], a);
+        const float* pe = qp + h * R;
+        for (int e = 0; e < R; ++e) a = fmaf(pe[e], s_kpe[j * R + e], a);
+        dot = a;
+      }
+      s_p[h * kMhKT + j] = dot;
+    }
+    __syncthreads();
+    if (tid < H) {
+      float mx = s_m[tid];
+      for (int j = 0; j < n; ++j) mx = fmaxf(mx, s_p[tid * kMhKT + j]);
+      const float corr = __expf(s_m[tid] - mx);  // 0 on the first tile (max was -inf)
+      float sum = 0.0f;
+      for (int j = 0; j < kMhKT; ++j) {
+        const float p = j < n ? __expf(s_p[tid * kMhKT + j] - mx) : 0.0f;
+        s_p[tid * kMhKT + j] = p;
+        sum += p;
+      }
+      s_l[tid] = s_l[tid] * corr + sum;
+      s_m[tid] = mx;
+      s_corr[tid] = corr;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kMhAcc; ++i) {
+      const int e = tid + kMhThreads * i;
+      if (e >= H * C) break;
+      const int h = e / C, c = e % C;
+      float a = acc[i] * s_corr[h];
+      for (int j = 0; j < n; ++j) a = fmaf(s_p[h * kMhKT + j], s_lat[j * LC + c], a);
+      acc[i] = a;
+    }
+    __syncthreads();  // the next tile overwrites s_lat / s_p
+  }
+  // Partial results in mla_finish_kernel's layout: [(t * H + h) * nsplit + split][C + 2].
+#pragma unroll
+  for (int i = 0; i < kMhAcc; ++i) {
+    const int e = tid + kMhThreads * i;
+    if (e >= H * C) break;
+    const int h = e / C, c = e % C;
+    part[((t * H + h) * nsplit + blockIdx.y) * (C + 2) + c] = acc[i];
+  }
+  if (tid < H) {
+    float* pr = part + ((t * H + tid) * nsplit + blockIdx.y) * (C + 2);
+    pr[C] = s_m[tid];
+    pr[C + 1] = s_l[tid];
+  }
+}
+
 // ---- MoE on the device ----
 
 __global__ void moe_route_kernel(int32_t* ids, int64_t ldi, float* wts, int64_t ldw, const float* logits, int64_t ldl,
@@ -686,6 +801,26 @@ void mla_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float
                                                                                    C, nsplit);
     check_launch();
   }
+}
+
+bool mla_heads_supported(int64_t H, int R, int C) { return H <= kMhH && C <= 512 && R <= 64; }
+
+void mla_heads(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
+               const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
+               int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
+               const SegMeta& m, float* part, int nsplit, float* qlat, float* qpe_s) {
+  DSFUSE_CHECK(mla_heads_supported(H, R, C), "CUDA MLA (all heads per block): H ", H, ", R ", R, ", C ", C,
+               " above 16 / 64 / 512");
+  mla_absorb_kernel<<<static_cast<unsigned>(T * H), 128, 0, st>>>(qlat, qpe_s, qn, lqn0, lqn1, qpe, lqp0, lqp1, w, H,
+                                                                  Dn, Dv, R, C, scale);
+  check_launch();
+  const size_t shm = sizeof(float) * (kMhKT * (C + 1) + kMhKT * R + kMhH * kMhKT + 3 * kMhH);
+  mla_heads_kernel<<<dim3(static_cast<unsigned>(T), nsplit), kMhThreads, shm, st>>>(part, qlat, qpe_s, lat, ll0, kpe,
+                                                                                    lk0, int(H), R, C, m, nsplit);
+  check_launch();
+  mla_finish_kernel<<<static_cast<unsigned>(T * H), 256, sizeof(float) * C, st>>>(out, lo0, lo1, part, w, H, Dn, Dv, C,
+                                                                                 nsplit);
+  check_launch();
 }
 
 void moe_route(cudaStream_t st, int32_t* ids, int64_t ldi, float* wts, int64_t ldw, const float* logits,
