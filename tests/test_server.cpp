@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "engine/engine.h"
+#include "models/model.h"
 #include "sampling/generation_config.h"
 #include "server/server.h"
 #include "test_util.h"
@@ -27,9 +28,24 @@ namespace {
 
 const fs::path kModel = DSFUSE_SOURCE_MODEL_DIR;
 
-// A server over the default model, serving on its own thread.
+// The default model slowed down to `ms` per forward (a long-running request on a fast machine).
+struct SlowModel final : public BatchModel {
+  BatchModel& in;
+  int ms;
+  SlowModel(BatchModel& m, int delay_ms) : in(m), ms(delay_ms) {}
+  int vocab_size() const override { return in.vocab_size(); }
+  int max_context() const override { return in.max_context(); }
+  std::unique_ptr<KVCache> new_cache(int64_t max_tokens) const override { return in.new_cache(max_tokens); }
+  void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& rows, float* logits) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    in.forward_batch(b, pool, rows, logits);
+  }
+};
+
+// A server over the default model (optionally slowed to `slow_ms` per step), serving on its own thread.
 struct TestServer {
   std::unique_ptr<Model> model;
+  std::unique_ptr<SlowModel> slow;
   tok::Tokenizer tk;
   tmpl::ChatTemplate ct;
   std::unique_ptr<Engine> engine;
@@ -37,7 +53,7 @@ struct TestServer {
   std::thread thread;
   int port = 0;
 
-  explicit TestServer(EngineConfig ec = {}, server::ServerOptions so = {})
+  explicit TestServer(EngineConfig ec = {}, server::ServerOptions so = {}, int slow_ms = 0)
       : model(Model::load(kModel)), tk(tok::Tokenizer::load(kModel)), ct(tmpl::ChatTemplate::from_tokenizer_config(kModel)) {
     server::ModelContext mc;
     mc.name = "dsfuse-default";
@@ -47,7 +63,12 @@ struct TestServer {
     mc.eos_ids = {1};
     mc.max_context = model->max_context();
     mc.vocab_size = model->vocab_size();
-    engine = std::make_unique<Engine>(*model, &tk, ec);
+    if (slow_ms > 0) {
+      slow = std::make_unique<SlowModel>(batch_model(*model), slow_ms);
+      engine = std::make_unique<Engine>(*slow, &tk, ec);
+    } else {
+      engine = std::make_unique<Engine>(*model, &tk, ec);
+    }
     so.port = 0;
     srv = std::make_unique<server::Server>(*engine, mc, so);
     port = srv->bind();
@@ -269,6 +290,49 @@ TEST(Server, FullQueueAnswers429AndDisconnectFreesBlocks) {
   EXPECT_EQ(st.running, 0);
   EXPECT_EQ(st.kv_blocks_used, 0);
   EXPECT_LT(st.generated_tokens, 1000 + 3) << "the abandoned stream should not run to its 1000 tokens";
+}
+
+// A non-streaming request that runs longer than a second gets a chunked body with keep-alive spaces; when its
+// client goes away the next space fails to send and the request is cancelled (it would run ~30 s otherwise).
+TEST(Server, NonStreamingClientDisconnectCancels) {
+  TestServer s({}, {}, /*slow_ms=*/30);
+  std::atomic<bool> got_bytes{false};
+  std::thread client([&] {
+    httplib::Client c("127.0.0.1", s.port);
+    c.set_read_timeout(60, 0);
+    json body = {{"prompt", "ROMEO:"}, {"max_tokens", 1000}, {"ignore_eos", true}};
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = body.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+      got_bytes = true;
+      EXPECT_EQ(std::string(d, n).find_first_not_of(' '), std::string::npos) << "only keep-alive spaces so far";
+      return false;  // the client gives up: the connection closes
+    };
+    c.send(req);
+  });
+  client.join();
+  EXPECT_TRUE(got_bytes.load()) << "a keep-alive byte within the request's life";
+  const auto t0 = std::chrono::steady_clock::now();
+  while (s.engine->stats().running > 0 && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const EngineStats st = s.engine->stats();
+  EXPECT_EQ(st.running, 0) << "the abandoned request is still running";
+  EXPECT_LT(st.generated_tokens, 500) << "it ran to the end instead of being cancelled";
+  std::printf("[server] non-streaming disconnect: cancelled after %lld generated tokens\n",
+              static_cast<long long>(st.generated_tokens));
+  // A long non-streaming request that is not abandoned still gets its whole JSON (leading spaces are JSON
+  // whitespace).
+  auto c = s.client();
+  auto r = c.Post("/v1/completions", json{{"prompt", "ROMEO:"}, {"max_tokens", 100}, {"ignore_eos", true}}.dump(),
+                  "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  const json j = json::parse(r->body);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 100);
+  EXPECT_EQ(r->body.front(), ' ') << "the 100-step (~3 s) request went through the keep-alive path";
 }
 
 TEST(Server, SixtyFourConcurrentStreamsAndMetrics) {

@@ -177,21 +177,62 @@ void Server::routes() {
       };
 
       if (!api->stream) {
+        // A request that ends within a second gets a plain response (a 500 on engine errors).
         EngineEvent ev;
-        for (;;) {
-          if (!q->pop(ev, 200)) continue;
+        bool finished = false;
+        const auto until = clock_type::now() + std::chrono::seconds(1);
+        while (!finished && clock_type::now() < until) {
+          if (!q->pop(ev, 50)) continue;
           if (ev.piece.token >= 0) timing->token(metrics_);
           resp->on_event(ev);
-          if (ev.finished) break;
+          finished = ev.finished;
         }
-        finish_metrics(ev);
-        if (!ev.error.empty()) {
-          send_error(res, 500, ev.error, "server_error");
-          metrics_.request_done(500);
+        if (finished) {
+          finish_metrics(ev);
+          if (!ev.error.empty()) {
+            send_error(res, 500, ev.error, "server_error");
+            metrics_.request_done(500);
+            return;
+          }
+          res.set_content(resp->final_json().dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+          metrics_.request_done(200);
           return;
         }
-        res.set_content(resp->final_json().dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
-        metrics_.request_done(200);
+        // Longer ones: a chunked JSON body that sends a space (leading JSON whitespace) every second while the
+        // request runs, so a client that went away is noticed by the failed write and the request cancelled at
+        // once, as for streams. (An engine error after this point is an OpenAI error object with status 200.)
+        // ("; charset=utf-8" keeps cpp-httplib from gzipping the body, which would hold the spaces back.)
+        res.set_chunked_content_provider(
+            "application/json; charset=utf-8",
+            [this, q, resp, timing, rid, finish_metrics](size_t, httplib::DataSink& sink) {
+              const auto t0 = clock_type::now();
+              EngineEvent e;
+              for (;;) {
+                if (q->pop(e, 100)) {
+                  if (e.piece.token >= 0) timing->token(metrics_);
+                  resp->on_event(e);
+                  if (e.finished) break;
+                }
+                if (clock_type::now() - t0 >= std::chrono::seconds(1)) {  // still running: keep-alive
+                  if (!sink.write(" ", 1)) {
+                    engine_.cancel(rid);
+                    return false;
+                  }
+                  return true;
+                }
+              }
+              finish_metrics(e);
+              const std::string body =
+                  e.error.empty() ? resp->final_json().dump(-1, ' ', false, json::error_handler_t::replace)
+                                  : error_json(e.error, "server_error", {}, {}).dump();
+              metrics_.request_done(e.error.empty() ? 200 : 500);
+              if (!sink.write(body.data(), body.size())) return false;
+              sink.done();
+              return true;
+            },
+            [this, rid](bool success) {
+              if (!success) engine_.cancel(rid);  // connection closed before the end
+            });
         return;
       }
 
