@@ -120,7 +120,7 @@ class Backend {
     add(x, o);
     rms_norm(h, x, w, eps);
   }
-  // y = silu(x Wg^T) * (x Wu^T) for gate_up = [Wg; Wu] ([2I, K], no bias)  // y [T, I], x [T, K]
+  // y = silu(x Wg^T + bg) * (x Wu^T + bu) for gate_up = [Wg; Wu] ([2I, K], bias [2I] optional)  // y [T, I], x [T, K]
   // The default runs linear() into a temporary and silu_mul().
   virtual void linear_silu(TensorView y, const TensorView& x, const Linear& gate_up);
   // y = silu(gate) * up  // [T, I]; y may alias gate

@@ -210,21 +210,9 @@ MlpWeights CausalLM::load_mlp(WeightLoader& wl, const std::string& prefix, int64
 
 void CausalLM::mlp(TensorView out, const TensorView& x, const MlpWeights& w) {
   const int64_t T = x.shape[0];
-  if (!w.gate_up.empty() && w.gate_up.bias.empty()) {  // one fused GEMM(V) + SwiGLU  // g [T, I]
+  if (!w.gate_up.empty()) {  // one fused GEMM(V) + SwiGLU  // g [T, I]
     TensorView g = arena_.alloc(DType::F32, {T, w.inter()});
     be_.linear_silu(g, x, w.gate_up);
-    be_.linear(out, g, w.down);
-    return;
-  }
-  if (!w.gate_up.empty()) {  // biased: one GEMM for both halves  // gu [T, 2I] -> silu(gate) * up in the gate half
-    const int64_t I = w.inter();
-    TensorView gu = arena_.alloc(DType::F32, {T, 2 * I});
-    be_.linear(gu, x, w.gate_up);
-    TensorView g = gu, u = gu;
-    g.shape[1] = I;
-    u.shape[1] = I;
-    u.data = gu.ptr<float>() + I;
-    be_.silu_mul(g, g, u);
     be_.linear(out, g, w.down);
     return;
   }
@@ -335,7 +323,7 @@ TensorView CausalLM::forward_logits(const Batch& b, KVCache& pool, const std::ve
     if (decode) be_.graph_begin(key);
     run();
     if (decode) be_.graph_end();
-    if (decode && L > 0)
+    if (decode)
       graph_out_[key] = {static_cast<size_t>(static_cast<char*>(out.data) - arena_.base()), arena_.used()};
   }
   if (L == 0) return TensorView();

@@ -57,7 +57,6 @@ class WeightLoader {
   void set_backend(Backend* be) { be_ = be; }
   void set_tp(const TPInfo& tp) { tp_ = tp; }
   const TPInfo& tp() const { return tp_; }
-  QuantType quant() const { return quant_; }
   // A progress line per decoder layer (shown on a terminal or with DSFUSE_PROGRESS=1).
   std::string progress_label() const {
     return quant_ != QuantType::None ? "loading + quantizing weights" : be_ && be_->device().kind != DeviceKind::CPU

@@ -9,17 +9,12 @@
 #include <cstdlib>
 #include <thread>
 
+#include "backend/cuda/common.cuh"
 #include "core/error.h"
 #include "parallel/nccl_communicator.h"
 
 namespace dsfuse {
 namespace {
-
-#define DSFUSE_CUDA_OK(expr)                                                              \
-  do {                                                                                    \
-    cudaError_t e_ = (expr);                                                              \
-    if (e_ != cudaSuccess) fail(cat("CUDA error ", cudaGetErrorString(e_), " at " #expr)); \
-  } while (0)
 
 void nccl_ok(ncclResult_t r, ncclComm_t comm, const char* what) {
   if (r == ncclSuccess || r == ncclInProgress) return;
@@ -52,13 +47,13 @@ struct Scratch {
   float* get(size_t want, cudaStream_t s) {
     if (want <= n) return p;
     if (p) {
-      DSFUSE_CUDA_OK(cudaStreamSynchronize(s));  // earlier calls queued on s may still read it
+      CUDA_CHECK(cudaStreamSynchronize(s));  // earlier calls queued on s may still read it
       cudaFree(p);
       p = nullptr;
       n = 0;
     }
     const size_t grown = std::max(want, static_cast<size_t>(1) << 16);
-    DSFUSE_CUDA_OK(cudaMalloc(&p, grown * sizeof(float)));
+    CUDA_CHECK(cudaMalloc(&p, grown * sizeof(float)));
     n = grown;
     return p;
   }
@@ -83,7 +78,7 @@ class NcclComm final : public Communicator {
     if (x.numel() == 0) return;
     const int64_t R = x.shape[0], C = x.numel() / R;
     check_rows_packed(x, "all_reduce_sum");
-    DSFUSE_CUDA_OK(cudaSetDevice(dev_));
+    CUDA_CHECK(cudaSetDevice(dev_));
     if (R == 1 || x.stride[0] == C) {
       nccl_ok(ncclAllReduce(x.data, x.data, static_cast<size_t>(R * C), ncclFloat, ncclSum, comm_, stream_), comm_,
               "ncclAllReduce");
@@ -92,10 +87,10 @@ class NcclComm final : public Communicator {
     // Strided rows: pack into contiguous scratch, reduce in place, unpack.
     float* buf = pack_.get(static_cast<size_t>(R * C), stream_);
     const size_t row = static_cast<size_t>(C) * sizeof(float), pitch = static_cast<size_t>(x.stride[0]) * sizeof(float);
-    DSFUSE_CUDA_OK(cudaMemcpy2DAsync(buf, row, x.data, pitch, row, R, cudaMemcpyDeviceToDevice, stream_));
+    CUDA_CHECK(cudaMemcpy2DAsync(buf, row, x.data, pitch, row, R, cudaMemcpyDeviceToDevice, stream_));
     nccl_ok(ncclAllReduce(buf, buf, static_cast<size_t>(R * C), ncclFloat, ncclSum, comm_, stream_), comm_,
             "ncclAllReduce");
-    DSFUSE_CUDA_OK(cudaMemcpy2DAsync(x.data, pitch, buf, row, row, R, cudaMemcpyDeviceToDevice, stream_));
+    CUDA_CHECK(cudaMemcpy2DAsync(x.data, pitch, buf, row, row, R, cudaMemcpyDeviceToDevice, stream_));
   }
 
   void all_gather_cols(TensorView out, const TensorView& local) override {
@@ -105,13 +100,13 @@ class NcclComm final : public Communicator {
     DSFUSE_CHECK(out.shape[0] == R && out.shape[1] == C * n && local.stride[1] == 1 && out.stride[1] == 1,
                  "all_gather_cols: ", local.shape_str(), " per rank does not gather into ", out.shape_str());
     if (R == 0 || C == 0) return;
-    DSFUSE_CUDA_OK(cudaSetDevice(dev_));
+    CUDA_CHECK(cudaSetDevice(dev_));
     const size_t row = static_cast<size_t>(C) * sizeof(float);
     const size_t count = static_cast<size_t>(R * C);
     const float* send = local.ptr<float>();
     if (R > 1 && local.stride[0] != C) {
       float* buf = pack_.get(count, stream_);
-      DSFUSE_CUDA_OK(cudaMemcpy2DAsync(buf, row, local.data, static_cast<size_t>(local.stride[0]) * sizeof(float), row,
+      CUDA_CHECK(cudaMemcpy2DAsync(buf, row, local.data, static_cast<size_t>(local.stride[0]) * sizeof(float), row,
                                        R, cudaMemcpyDeviceToDevice, stream_));
       send = buf;
     }
@@ -124,7 +119,7 @@ class NcclComm final : public Communicator {
     nccl_ok(ncclAllGather(send, all, count, ncclFloat, comm_, stream_), comm_, "ncclAllGather");
     const size_t pitch = static_cast<size_t>(out.stride[0]) * sizeof(float);
     for (int64_t k = 0; k < n; ++k)
-      DSFUSE_CUDA_OK(cudaMemcpy2DAsync(out.ptr<float>() + k * C, pitch, all + k * count, row, row, R,
+      CUDA_CHECK(cudaMemcpy2DAsync(out.ptr<float>() + k * C, pitch, all + k * count, row, row, R,
                                        cudaMemcpyDeviceToDevice, stream_));
   }
 
@@ -166,7 +161,7 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<Bac
   // host's GPUs out of service. NCCL reads the variable when the first communicator is made.
   setenv("NCCL_NVLS_ENABLE", "0", 1);
   int prev = 0;
-  DSFUSE_CUDA_OK(cudaGetDevice(&prev));
+  CUDA_CHECK(cudaGetDevice(&prev));
   clique->comms.assign(static_cast<size_t>(n), nullptr);
   const ncclResult_t r = ncclCommInitAll(clique->comms.data(), n, clique->devs.data());
   cudaSetDevice(prev);

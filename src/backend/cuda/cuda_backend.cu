@@ -68,23 +68,28 @@ __global__ void add_bias_kernel(float* y, int64_t ldy, int64_t T, int64_t N, con
   y[(i / N) * ldy + i % N] += vload(b, btype, i % N);
 }
 
+// Sum of v over the block, returned to every thread (blockDim.x a multiple of 32, at most 1024).
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float red[32];
+  v = warp_sum(v);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float s = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
+    s = warp_sum(s);
+    if (threadIdx.x == 0) red[0] = s;
+  }
+  __syncthreads();
+  return red[0];
+}
+
 __global__ void rms_norm_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t D, const void* w, int wtype,
                                 float eps) {
   const float* xr = x + blockIdx.x * ldx;
   float* yr = y + blockIdx.x * ldy;
   float ss = 0.0f;
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) ss += xr[d] * xr[d];
-  __shared__ float red[32];
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) red[0] = v;
-  }
-  __syncthreads();
-  const float inv = 1.0f / sqrtf(red[0] / float(D) + eps);
+  const float inv = 1.0f / sqrtf(block_sum(ss) / float(D) + eps);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) yr[d] = vload(w, wtype, d) * (xr[d] * inv);
 }
 
@@ -100,17 +105,7 @@ __global__ void add_rms_norm_kernel(float* x, int64_t ldx, const float* o, int64
     xr[d] = v;
     ss += v * v;
   }
-  __shared__ float red[32];
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) red[0] = v;
-  }
-  __syncthreads();
-  const float inv = 1.0f / sqrtf(red[0] / float(D) + eps);
+  const float inv = 1.0f / sqrtf(block_sum(ss) / float(D) + eps);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) hr[d] = vload(w, wtype, d) * (xr[d] * inv);
 }
 
@@ -395,7 +390,7 @@ class CudaBackend final : public Backend {
     Prof prof(this, "embedding");
     Op op(this);
     const int64_t H = table.shape[1];
-    const int32_t* d_ids = step_ids(ids, T);
+    const int32_t* d_ids = step_input(ids, T, 0);
     embedding_kernel<<<blocks(T * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], table.data,
                                                           wtype_of(table.dtype), table.stride[0], d_ids, T, H);
     check_launch();
@@ -435,13 +430,12 @@ class CudaBackend final : public Backend {
     Op op(this);
     Prof prof(this, "linear_silu");
     const int64_t T = x.shape[0], I = w.out_features() / 2, K = w.in_features();
-    DSFUSE_CHECK(w.bias.empty(), "linear_silu: biased gate/up weights are not fused");
-    if (T <= kGemvMaxT) {
+    if (T <= kGemvMaxT && w.bias.empty()) {
       cpu::stats().weight_bytes += static_cast<int64_t>(w.bytes());
       cuda::gemv_silu(stream_, y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], T, desc_of(w), I, K);
       return;
     }
-    float* gu = scratch_f(T * 2 * I);
+    float* gu = scratch_f(T * 2 * I);  // GEMM (and bias), then SwiGLU
     linear_impl(gu, 2 * I, x.ptr<float>(), x.stride[0], T, w);
     silu_mul_kernel<<<blocks(T * I), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], gu, 2 * I, gu + I, 2 * I, T, I);
     check_launch();
@@ -461,7 +455,7 @@ class CudaBackend final : public Backend {
     const int64_t T = x.shape[0], H = x.shape[1];
     const int half = tab.rot_dim() / 2;
     const float* d_freq = constant(tab.inv_freq.data(), half);
-    const int32_t* d_pos = step_positions(pos, T);
+    const int32_t* d_pos = step_input(pos, T, 1);
     rope_kernel<<<blocks(T * H * half), 256, 0, stream_>>>(x.ptr<float>(), x.stride[0], x.stride[1], T, H, offset,
                                                            half, d_freq, tab.cos_sin_scale,
                                                            style == RopeStyle::Neox, d_pos);
@@ -771,14 +765,11 @@ class CudaBackend final : public Backend {
     return constant(&z, 1);
   }
   // ids / positions of the current step when `host` holds them (by content), else staged per op.
-  const int32_t* step_ids(const int32_t* host, int64_t T) {
-    if (T == step_T_ && step_dev_ && std::memcmp(host, step_host_.data(), sizeof(int32_t) * T) == 0)
-      return static_cast<const int32_t*>(step_dev_);
-    return stage(host, T);
-  }
-  const int32_t* step_positions(const int32_t* host, int64_t T) {
-    if (T == step_T_ && step_dev_ && std::memcmp(host, step_host_.data() + T, sizeof(int32_t) * T) == 0)
-      return static_cast<const int32_t*>(step_dev_) + T;
+  // The step's copy of ids (part 0) or positions (part 1) when `host` holds them (by content), else staged
+  // per op.
+  const int32_t* step_input(const int32_t* host, int64_t T, int part) {
+    if (T == step_T_ && step_dev_ && std::memcmp(host, step_host_.data() + part * T, sizeof(int32_t) * T) == 0)
+      return static_cast<const int32_t*>(step_dev_) + part * T;
     return stage(host, T);
   }
   // Appends the segment metadata of a batch: token segment [T], cache row [T], segments [n, 4], tables.

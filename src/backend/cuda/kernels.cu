@@ -71,6 +71,10 @@ __device__ __forceinline__ void row_dot(const WDesc& w, int64_t row, int64_t K, 
 }
 
 __host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+// Whether row_dot may take its vectorised path for weight `w` and inputs x (row stride ldx) of K columns.
+__host__ __device__ inline bool vec_ok(const WDesc& w, int64_t K, const float* x, int64_t ldx) {
+  return w.type == W_BF16 && K % 8 == 0 && w.ld % 8 == 0 && ldx % 4 == 0 && aligned16(w.w) && aligned16(x);
+}
 
 template <int TT>
 __global__ void __launch_bounds__(256) gemv_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
@@ -569,6 +573,13 @@ __global__ void moe_count_kernel(const int32_t* ids, int64_t ldi, int64_t T, int
 
 constexpr int kMoeTok = 8;  // token rows per register pass
 
+// Pairs c0 .. c0 + nt - 1 of expert e's list (the rest of pr is pair 0, never written back).
+__device__ __forceinline__ void expert_pairs(const int32_t* list, int e, int64_t T, int c0, int nt,
+                                             int32_t pr[kMoeTok]) {
+#pragma unroll
+  for (int j = 0; j < kMoeTok; ++j) pr[j] = j < nt ? list[int64_t(e) * T + c0 + j] : 0;
+}
+
 // h[pair] = silu(x[tok] Wg[e]^T) * (x[tok] Wu[e]^T) for every pair routed to expert e; grid (E, ceil(I / 8)).
 __global__ void __launch_bounds__(256) moe_gate_up_kernel(float* hbuf, const float* x, int64_t ldx,
                                                           const ExpertDesc* experts, const int32_t* cnt,
@@ -582,19 +593,14 @@ __global__ void __launch_bounds__(256) moe_gate_up_kernel(float* hbuf, const flo
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.y) * 8 + warp;
   if (row >= I) return;
-  const bool vg = ed.gate.type == W_BF16 && H % 8 == 0 && ed.gate.ld % 8 == 0 && ldx % 4 == 0 && aligned16(ed.gate.w) &&
-                  aligned16(x);
-  const bool vu = ed.up.type == W_BF16 && H % 8 == 0 && ed.up.ld % 8 == 0 && ldx % 4 == 0 && aligned16(ed.up.w) &&
-                  aligned16(x);
+  const bool vg = vec_ok(ed.gate, H, x, ldx), vu = vec_ok(ed.up, H, x, ldx);
   for (int c0 = 0; c0 < n_e; c0 += kMoeTok) {
     const int nt = min(kMoeTok, n_e - c0);
-    const float* xr[kMoeTok];
     int32_t pr[kMoeTok];
+    expert_pairs(list, e, T, c0, nt, pr);
+    const float* xr[kMoeTok];
 #pragma unroll
-    for (int j = 0; j < kMoeTok; ++j) {
-      pr[j] = j < nt ? list[int64_t(e) * T + c0 + j] : 0;
-      xr[j] = x + int64_t(pr[j] / K) * ldx;
-    }
+    for (int j = 0; j < kMoeTok; ++j) xr[j] = x + int64_t(pr[j] / K) * ldx;  // the pair's token
     float ag[kMoeTok], au[kMoeTok];
 #pragma unroll
     for (int j = 0; j < kMoeTok; ++j) ag[j] = au[j] = 0.0f;
@@ -622,17 +628,14 @@ __global__ void __launch_bounds__(256) moe_down_kernel(float* ybuf, const float*
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.y) * 8 + warp;
   if (row >= H) return;
-  const bool vd = ed.down.type == W_BF16 && I % 8 == 0 && ed.down.ld % 8 == 0 && aligned16(ed.down.w) &&
-                  aligned16(hbuf);
+  const bool vd = vec_ok(ed.down, I, hbuf, I);
   for (int c0 = 0; c0 < n_e; c0 += kMoeTok) {
     const int nt = min(kMoeTok, n_e - c0);
-    const float* xr[kMoeTok];
     int32_t pr[kMoeTok];
+    expert_pairs(list, e, T, c0, nt, pr);
+    const float* xr[kMoeTok];
 #pragma unroll
-    for (int j = 0; j < kMoeTok; ++j) {
-      pr[j] = j < nt ? list[int64_t(e) * T + c0 + j] : 0;
-      xr[j] = hbuf + int64_t(pr[j]) * I;
-    }
+    for (int j = 0; j < kMoeTok; ++j) xr[j] = hbuf + int64_t(pr[j]) * I;  // the pair's hidden row
     float a[kMoeTok];
 #pragma unroll
     for (int j = 0; j < kMoeTok; ++j) a[j] = 0.0f;
@@ -715,7 +718,7 @@ void check_launch() { CUDA_CHECK(cudaGetLastError()); }
 
 void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w, int64_t N,
           int64_t K, const void* bias, int btype) {
-  const bool vec = w.type == W_BF16 && K % 8 == 0 && w.ld % 8 == 0 && ldx % 4 == 0 && aligned16(w.w) && aligned16(x);
+  const bool vec = vec_ok(w, K, x, ldx);
   const unsigned g = blocks(N, 8);
   if (T <= 1) gemv_kernel<1><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
   else if (T <= 2) gemv_kernel<2><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
@@ -726,7 +729,7 @@ void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, i
 
 void gemv_silu(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
                int64_t I, int64_t K) {
-  const bool vec = w.type == W_BF16 && K % 8 == 0 && w.ld % 8 == 0 && ldx % 4 == 0 && aligned16(w.w) && aligned16(x);
+  const bool vec = vec_ok(w, K, x, ldx);
   const unsigned g = blocks(I, 8);
   if (T <= 1) gemv_silu_kernel<1><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, I, K, int(T), vec);
   else if (T <= 2) gemv_silu_kernel<2><<<g, 256, 0, st>>>(y, ldy, x, ldx, w, I, K, int(T), vec);
