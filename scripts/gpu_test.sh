@@ -38,6 +38,18 @@ DSFUSE_CUDA_MLA_HEADS=1 "$BUILD_DIR/dsfuse_tests" \
   > "$LOG_DIR/tests-mla-heads.log" 2>&1 && mh="PASSED" || mh="FAILED"
 echo "=== opt-in DSFUSE_CUDA_MLA_HEADS=1 (MLA with all heads per block): $mh ($(( $(date +%s) - t1 )) s) ==="
 grep -E "^\[ops\] cuda +mla|^\[parity\] cuda|Failure" "$LOG_DIR/tests-mla-heads.log" | head -20
+# Candidate defaults, checked against the same references and reported apart: the second tensor-core MLA kernel,
+# and bf16 activations in every batched GEMM (no hi/lo split; what vLLM does).
+ci=0
+for v in "DSFUSE_CUDA_MLA=tc2" "DSFUSE_CUDA_SPLIT_MAX_T=0"; do
+  t1=$(date +%s)
+  ci=$((ci + 1))
+  env "$v" "$BUILD_DIR/dsfuse_tests" \
+    --gtest_filter='Backends/BackendOps.Mla*/1:Backends/BackendOps.Segmented*/1:Backends/BackendOps.Linear*/1:*Parity.Cuda*:*Greedy*Cuda*' \
+    > "$LOG_DIR/tests-candidate$ci.log" 2>&1 && r="PASSED" || r="FAILED"
+  echo "=== candidate $v: $r ($(( $(date +%s) - t1 )) s) ==="
+  grep -E "^\[ops\] cuda +(mla|linear bf16\+bias 8500)|^\[parity\] cuda|Failure" "$LOG_DIR/tests-candidate$ci.log" | sed 's/^/  /' | head -16
+done
 # Rough timings (not a benchmark): the default model, 128 tokens, full forward and token by token.
 echo "=== timing: models/default, 128 tokens ==="
 IDS=$(seq -s, 1 128)

@@ -12,6 +12,7 @@
 #include "backend/backend.h"
 #include "ops/moe_routing.h"
 #include "ops/reference.h"
+#include "ops/rope.h"
 #include "quant/quantize.h"
 #include "test_util.h"
 #ifdef DSFUSE_HAVE_CUDA
@@ -120,6 +121,16 @@ class Staged final : public Backend {
   }
   void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs) override {
     in_->copy_rows_segs(dev(dst), dev(src), segs);
+    flush();
+  }
+  void rope_store_kv(TensorView qk, int64_t Hq, const RopeTable& t, const int32_t* pos, TensorView kc, TensorView vc,
+                     const TensorView& v, const std::vector<SeqSegment>& segs) override {
+    in_->rope_store_kv(dev(qk), Hq, t, pos, dev(kc), dev(vc), dev(v), segs);
+    flush();
+  }
+  void mla_store_kv(TensorView kv_a, int64_t C, const TensorView& w, float eps, const RopeTable& t, const int32_t* pos,
+                    TensorView latent, TensorView lat_c, TensorView kpe_c, const std::vector<SeqSegment>& segs) override {
+    in_->mla_store_kv(dev(kv_a), C, dev(w), eps, t, pos, dev(latent), dev(lat_c), dev(kpe_c), segs);
     flush();
   }
   void attention_segs(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, float scale,
@@ -239,6 +250,107 @@ TEST_P(BackendOps, Linear) {
       }
     }
   }
+}
+
+// The decode GEMV's variants: 1, 2 or 4 warps per row (chosen by the row count), K not a multiple of the
+// vector width times the lanes, 1..8 tokens, bias, and the fused gate/up + SwiGLU form.
+TEST_P(BackendOps, LinearDecodeShapes) {
+  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{8500, 272}, {2500, 144}, {38, 1040}}) {
+    WeightSet ws(N, K, static_cast<uint32_t>(N + K));
+    auto bias = randn(N, 5);
+    for (int wi : {1, 3})  // bf16, FP8 with 128 x 128 block scales: the vectorised paths
+    for (int64_t T : {1, 3, 8}) {
+      const Linear& w = ws.all[static_cast<size_t>(wi)].second;
+      const std::string tag = ws.all[static_cast<size_t>(wi)].first;
+      auto xs = randn(T * K, 9);
+      TensorView x(xs.data(), DType::F32, {T, K});
+      Linear lb = w;
+      lb.bias = TensorView(bias.data(), DType::F32, {N});
+      std::vector<float> a(T * N), b(T * N);
+      be->linear(TensorView(a.data(), DType::F32, {T, N}), x, lb);
+      ref->linear(TensorView(b.data(), DType::F32, {T, N}), x, lb);
+      check(("linear " + tag + "+bias " + std::to_string(N) + "x" + std::to_string(K) + " T" + std::to_string(T)).c_str(),
+            a, b);
+      const int64_t I = N / 2;
+      std::vector<float> c(T * I), d(T * I);
+      be->linear_silu(TensorView(c.data(), DType::F32, {T, I}), x, w);
+      ref->linear_silu(TensorView(d.data(), DType::F32, {T, I}), x, w);
+      check(("linear_silu " + tag + " " + std::to_string(N) + "x" + std::to_string(K) + " T" + std::to_string(T)).c_str(),
+            c, d);
+    }
+  }
+}
+
+// Rope of q and k heads and the cache writes of k and v in one op, over a paged pool.
+TEST_P(BackendOps, RopeStoreKv) {
+  const int bs = 4;
+  const int64_t Hq = 6, Hkv = 2, D = 16, rows = 32, T = 5;
+  std::vector<int32_t> t0 = {5, 1}, t1 = {7, 2, 3};
+  std::vector<SeqSegment> segs = {{0, 2, 3, PagedRows{t0.data(), bs}}, {2, 3, 6, PagedRows{t1.data(), bs}}};
+  std::vector<int32_t> pos = {3, 4, 6, 7, 8};
+  RopeTable rt = make_rope_table(RopeConfig{}, static_cast<int>(D));
+  auto qk = randn(T * (Hq + Hkv) * D, 1), v = randn(T * Hkv * D, 2);
+  auto kc = randn(rows * Hkv * D, 3), vc = randn(rows * Hkv * D, 4);
+  auto qk2 = qk, kc2 = kc, vc2 = vc;
+  TensorView vv(v.data(), DType::F32, {T, Hkv, D});
+  be->rope_store_kv(TensorView(qk.data(), DType::F32, {T, Hq + Hkv, D}), Hq, rt, pos.data(),
+                    TensorView(kc.data(), DType::F32, {rows, Hkv * D}), TensorView(vc.data(), DType::F32, {rows, Hkv * D}),
+                    vv, segs);
+  ref->rope(TensorView(qk2.data(), DType::F32, {T, Hq + Hkv, D}), 0, rt, RopeStyle::Neox, pos.data());
+  TensorView k2(qk2.data() + Hq * D, DType::F32, {T, Hkv * D});
+  k2.stride[0] = (Hq + Hkv) * D;
+  ref->copy_rows_segs(TensorView(kc2.data(), DType::F32, {rows, Hkv * D}), k2, segs);
+  ref->copy_rows_segs(TensorView(vc2.data(), DType::F32, {rows, Hkv * D}),
+                      TensorView(v.data(), DType::F32, {T, Hkv * D}), segs);
+  check("rope_store_kv q,k", qk, qk2);
+  check("rope_store_kv k cache", kc, kc2);
+  check("rope_store_kv v cache", vc, vc2, 0);
+}
+
+// MLA's cache rows in one op: rope of the rope key, rms-normed latent, both written to the pools.
+TEST_P(BackendOps, MlaStoreKv) {
+  const int bs = 4;
+  const int64_t C = 40, R = 8, rows = 24, T = 4;
+  std::vector<int32_t> t0 = {3, 1}, t1 = {5};
+  std::vector<SeqSegment> segs = {{0, 3, 2, PagedRows{t0.data(), bs}}, {3, 1, 0, PagedRows{t1.data(), bs}}};
+  std::vector<int32_t> pos = {2, 3, 4, 0};
+  RopeTable rt = make_rope_table(RopeConfig{}, static_cast<int>(R));
+  auto kv = randn(T * (C + R), 1), w = randn(C, 2), lc = randn(rows * C, 3), kc = randn(rows * R, 4);
+  auto kv2 = kv, lc2 = lc, kc2 = kc;
+  std::vector<float> lat(T * C), lat2(T * C);
+  be->mla_store_kv(TensorView(kv.data(), DType::F32, {T, C + R}), C, TensorView(w.data(), DType::F32, {C}), 1e-6f, rt,
+                   pos.data(), TensorView(lat.data(), DType::F32, {T, C}), TensorView(lc.data(), DType::F32, {rows, C}),
+                   TensorView(kc.data(), DType::F32, {rows, R}), segs);
+  ref->mla_store_kv(TensorView(kv2.data(), DType::F32, {T, C + R}), C, TensorView(w.data(), DType::F32, {C}), 1e-6f, rt,
+                    pos.data(), TensorView(lat2.data(), DType::F32, {T, C}),
+                    TensorView(lc2.data(), DType::F32, {rows, C}), TensorView(kc2.data(), DType::F32, {rows, R}), segs);
+  check("mla_store_kv kv_a", kv, kv2);
+  check("mla_store_kv latent", lat, lat2);
+  check("mla_store_kv latent pool", lc, lc2);
+  check("mla_store_kv rope-key pool", kc, kc2);
+}
+
+// MLA at DeepSeek's latent shapes (C = 512, R = 64: the GPU's tensor-core kernel), heads not a multiple of 16,
+// decode tokens over long paged contexts (several key tiles, a partial last tile) and a short prefill.
+TEST_P(BackendOps, MlaAttentionLatent512) {
+  const int bs = 16;
+  const int64_t H = 20, Dn = 32, Dv = 24, R = 64, C = 512, rows = 1024;
+  std::vector<int32_t> t0(20), t1 = {40}, t2 = {41, 3, 60};
+  for (int i = 0; i < 20; ++i) t0[static_cast<size_t>(i)] = (i * 7 + 5) % 40;  // shuffled blocks of 0..39
+  // seg 0: 1 token after 300 cached; seg 1: 3-token prefill; seg 2: 1 token after 40
+  std::vector<SeqSegment> segs = {{0, 1, 300, PagedRows{t0.data(), bs}}, {1, 3, 0, PagedRows{t1.data(), bs}},
+                                  {4, 1, 40, PagedRows{t2.data(), bs}}};
+  const int64_t T = 5;
+  auto qn = randn(T * H * Dn, 6), qp = randn(T * H * R, 7), lat = randn(rows * C, 8), kpe = randn(rows * R, 9);
+  WeightSet ws(H * (Dn + Dv), C, 10);
+  const Linear& kvb = ws.all[1].second;
+  std::vector<float> c(T * H * Dv), d(T * H * Dv);
+  TensorView qnv(qn.data(), DType::F32, {T, H, Dn}), qpv(qp.data(), DType::F32, {T, H, R});
+  TensorView latv(lat.data(), DType::F32, {rows, C}), kpev(kpe.data(), DType::F32, {rows, R});
+  be->mla_attention_segs(TensorView(c.data(), DType::F32, {T, H, Dv}), qnv, qpv, latv, kpev, kvb, 0.05f, segs);
+  ref->mla_attention_segs(TensorView(d.data(), DType::F32, {T, H, Dv}), qnv, qpv, latv, kpev, kvb, 0.05f, segs);
+  // The GPU's bf16 mode scores with TF32 tensor cores (10-bit mantissa): ~1e-3.
+  check("mla_attention_segs C=512 R=64", c, d, GetParam() == "cpu" ? 1e-5 : 3e-3);
 }
 
 TEST_P(BackendOps, NormsActivationsRope) {

@@ -84,8 +84,75 @@ int run_kbench_mla(int argc, char** argv) {
   return 0;
 }
 
+// `dsfuse kbench gemv`: the decode linear layers alone on a device backend: for each N x K shape (bf16 weights,
+// enough copies that every call streams from HBM, not L2) and token count T, the weight bytes read per second.
+// --silu times the fused gate/up + SwiGLU (N = 2I rows stacked). Mean over --repeat calls in a row (the
+// launch gaps between back-to-back kernels are included, as in a decode step).
+int run_kbench_gemv(int argc, char** argv) {
+  CLI::App app{"Time decode linear layers (GEMV) on a device backend", "dsfuse kbench gemv"};
+  std::string device = "cuda";
+  std::vector<std::string> shapes = {"4096x4096", "12288x4096", "22016x4096", "4096x11008", "2048x1536",
+                                     "1536x1536", "17920x1536", "1536x8960", "151936x1536", "102400x4096"};
+  std::vector<int64_t> Ts = {1};
+  int repeat = 50;
+  bool silu = false;
+  app.add_option("--device", device, "cuda, cuda:N, cpu");
+  app.add_option("--shapes", shapes, "NxK weight shapes");
+  app.add_option("-T,--tokens", Ts, "token counts");
+  app.add_option("--repeat", repeat, "timed calls (mean)")->check(CLI::Range(1, 100000));
+  app.add_flag("--silu", silu, "time linear_silu over the stacked [2I, K] weight (SwiGLU fused)");
+  CLI11_PARSE(app, argc, argv);
+  auto be = make_device_backend(device);
+  const double bw = be->measure_bandwidth_gbs();
+  std::mt19937 g(3);
+  std::normal_distribution<float> nd(0, 0.05f);
+  for (const std::string& sh : shapes) {
+    const auto xpos = sh.find('x');
+    DSFUSE_CHECK(xpos != std::string::npos, "--shapes: '", sh, "' is not NxK");
+    const int64_t N = std::stoll(sh.substr(0, xpos)), K = std::stoll(sh.substr(xpos + 1));
+    const size_t wbytes = static_cast<size_t>(N * K * 2);
+    const int64_t copies = std::max<int64_t>(2, static_cast<int64_t>((1ull << 30) / wbytes));
+    std::vector<uint16_t> host(static_cast<size_t>(N * K));
+    for (auto& w : host) w = f32_to_bf16(nd(g));
+    std::vector<Linear> lins;
+    for (int64_t c = 0; c < copies; ++c) {
+      Linear l;
+      l.w = TensorView(host.data(), DType::BF16, {N, K});
+      lins.push_back(be->prepare(l));
+    }
+    for (int64_t T : Ts) {
+      const int64_t Ny = silu ? N / 2 : N;
+      std::vector<float> xh(static_cast<size_t>(T * K));
+      for (auto& v : xh) v = nd(g);
+      TensorView x(be->alloc(xh.size() * 4), DType::F32, {T, K}, be->device());
+      TensorView y(be->alloc(static_cast<size_t>(T * Ny) * 4), DType::F32, {T, Ny}, be->device());
+      be->copy_to_device(x.data, xh.data(), xh.size() * 4);
+      auto call = [&](int i) {
+        const Linear& l = lins[static_cast<size_t>(i % copies)];
+        if (silu) be->linear_silu(y, x, l);
+        else be->linear(y, x, l);
+      };
+      for (int i = 0; i < 3; ++i) call(i);
+      be->synchronize();
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < repeat; ++i) call(i);
+      be->synchronize();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / repeat;
+      std::printf("%s %-5s N=%-6lld K=%-6lld T=%-3lld %8.2f us  %7.1f GB/s  (%.1f%% of the %.0f GB/s probe)\n",
+                  be->name().c_str(), silu ? "silu" : "gemv", static_cast<long long>(N), static_cast<long long>(K),
+                  static_cast<long long>(T), s * 1e6, wbytes / s / 1e9, bw > 0 ? 100 * wbytes / s / 1e9 / bw : 0.0,
+                  bw);
+      be->free(x.data);
+      be->free(y.data);
+    }
+    for (auto& l : lins) be->free(l.w.data);
+  }
+  return 0;
+}
+
 int run_kbench(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "mla") return run_kbench_mla(argc - 1, argv + 1);
+  if (argc > 1 && std::string(argv[1]) == "gemv") return run_kbench_gemv(argc - 1, argv + 1);
   CLI::App app{"Time one linear layer (N x K weights, T tokens) on the CPU backend", "dsfuse kbench"};
   int64_t N = 8960, K = 1536;
   int threads = 0, repeat = 20;

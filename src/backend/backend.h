@@ -155,6 +155,17 @@ class Backend {
   // the segments with the single-sequence ops above.
   // dst[seg.rows.phys(seg.past + i)] = src[seg.t0 + i]  // src [T, D] strided, dst [S, D]
   virtual void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs);
+  // Neox rope on the q and k heads of qk (k heads follow the Hq q heads), then the rotated k heads and v
+  // written to the cache pools kc / vc at the step's rows (copy_rows_segs): one launch on a device backend.
+  // qk [T, Hq + Hkv, D] (heads contiguous), v [T, Hkv, D], kc / vc [S, Hkv * D]
+  virtual void rope_store_kv(TensorView qk, int64_t Hq, const RopeTable& table, const int32_t* positions,
+                             TensorView kc, TensorView vc, const TensorView& v, const std::vector<SeqSegment>& segs);
+  // MLA's new cache rows: interleaved rope on the rope-key part of kv_a (in place), latent = rms_norm(kv_a's
+  // first C columns) * norm_w into `latent` (scratch [T, C]), then latent and the rotated rope key written to the
+  // pools' rows of the step: one launch on a device backend.  // kv_a [T, C + R], pools [S, C], [S, R]
+  virtual void mla_store_kv(TensorView kv_a, int64_t C, const TensorView& norm_w, float eps, const RopeTable& table,
+                            const int32_t* positions, TensorView latent, TensorView lat_c, TensorView kpe_c,
+                            const std::vector<SeqSegment>& segs);
   // attention() per segment  // out [T, Hq, Dv], q [T, Hq, D], k/v pools [S, Hkv, D|Dv]
   virtual void attention_segs(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v,
                               float scale, const std::vector<SeqSegment>& segs);

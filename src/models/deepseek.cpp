@@ -160,21 +160,9 @@ class DeepseekModel final : public CausalLM {
       // Compressed KV  // kv_a [T, C + R] -> latent cache [S, C], rope-key cache [S, R]
       TensorView kv_a = arena_.alloc(DType::F32, {T, C + R});
       be_.linear(kv_a, h, L.kv_a);
-      TensorView latent_new = kv_a;  // [T, C] view with row stride C + R
-      latent_new.shape[1] = C;
-      TensorView kpe_new = kv_a;  // [T, 1, R] view at column C
-      kpe_new.data = kv_a.ptr<float>() + C;
-      kpe_new.ndim = 3;
-      kpe_new.shape = {T, 1, R, 0};
-      kpe_new.stride = {C + R, R, 1, 0};
-      be_.rope(kpe_new, 0, rope_, RopeStyle::Interleaved, pos);
       TensorView lat_c = kv.k(static_cast<int>(l)), kpe_c = kv.v(static_cast<int>(l));  // pools [rows, C], [rows, R]
       TensorView latent = arena_.alloc(DType::F32, {T, C});
-      be_.rms_norm(latent, latent_new, L.kv_a_norm, eps);
-      TensorView kpe2 = kpe_new;  // [T, R] view, row stride C + R
-      kpe2.ndim = 2;
-      kpe2.shape = {T, R, 0, 0};
-      kpe2.stride = {C + R, 1, 0, 0};
+      be_.mla_store_kv(kv_a, C, L.kv_a_norm, eps, rope_, pos, latent, lat_c, kpe_c, b.segs);
 
       // Attention (absorbed), every sequence in one call  // q_nope [T, NH, Dn], q_pe [T, NH, R] -> out [T, NH, Dv]
       TensorView q_nope = q;
@@ -183,8 +171,6 @@ class DeepseekModel final : public CausalLM {
       q_pe.data = q.ptr<float>() + Dn;
       q_pe.shape[2] = R;
       TensorView attn = arena_.alloc(DType::F32, {T, NH, Dv});
-      be_.copy_rows_segs(lat_c, latent, b.segs);
-      be_.copy_rows_segs(kpe_c, kpe2, b.segs);
       be_.mla_attention_segs(attn, q_nope, q_pe, lat_c, kpe_c, L.kv_b, scale_, b.segs);
       TensorView o = arena_.alloc(DType::F32, {T, Hd});
       be_.linear(o, attn.reshape({T, NH * Dv}), L.o);

@@ -83,7 +83,6 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
       q = heads(0, Hq);
       k = heads(Hq * D, Hkv);
       v = heads((Hq + Hkv) * D, Hkv);
-      be_.rope(heads(0, Hq + Hkv), 0, rope_, RopeStyle::Neox, b.positions);  // q and k heads are adjacent
     } else {
       q = arena_.alloc(DType::F32, {T, Hq, D});
       k = arena_.alloc(DType::F32, {T, Hkv, D});
@@ -103,8 +102,14 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
       t.stride = {t.stride[0], 1, 0, 0};
       return t;
     };
-    be_.copy_rows_segs(kc, flat(k), b.segs);
-    be_.copy_rows_segs(vc, flat(v), b.segs);
+    if (!L.qkv.empty()) {  // q and k heads are adjacent: rope and both cache writes in one op
+      TensorView qk = q;
+      qk.shape[1] = Hq + Hkv;
+      be_.rope_store_kv(qk, Hq, rope_, b.positions, kc, vc, v, b.segs);
+    } else {
+      be_.copy_rows_segs(kc, flat(k), b.segs);
+      be_.copy_rows_segs(vc, flat(v), b.segs);
+    }
     be_.attention_segs(attn, q, kc.reshape({R, Hkv, D}), vc.reshape({R, Hkv, D}), scale, b.segs);
     TensorView o = arena_.alloc(DType::F32, {T, H});
     be_.linear(o, attn.reshape({T, Hq * D}), L.o);

@@ -71,6 +71,49 @@ __device__ __forceinline__ int64_t phys_row(const int32_t* table, int bs, int64_
 
 inline unsigned blocks(int64_t n, int per = 256) { return static_cast<unsigned>((n + per - 1) / per); }
 
+// ---- programmatic dependent launch (PDL, sm_90+) ----
+// Kernels are launched with cuda::launch(...), which lets the next kernel on the stream start while this one
+// drains (its blocks wait in pdl_wait() until the previous grid has completed and its writes are visible).
+// Rule for every kernel launched this way: call pdl_wait() before touching memory that earlier work writes
+// or reads (only constant weights may be read before it); pdl_trigger() right after it lets the following
+// kernel be scheduled. The usual prologue is the two together: pdl_entry(). On older GPUs, or with
+// DSFUSE_CUDA_PDL=0, these are no-ops and launches are ordinary.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_entry() {
+  pdl_wait();
+  pdl_trigger();
+}
+// Whether launches carry the PDL attribute (compute capability >= 9.0 and DSFUSE_CUDA_PDL != 0; set by the
+// backend at start-up for the whole process).
+bool pdl_enabled();
+void set_pdl_enabled(bool on);
+// kernel<<<grid, block, shm, st>>>(args...) with the PDL attribute when enabled; checks the launch.
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shm, cudaStream_t st, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = shm;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  if (pdl_enabled()) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...));
+}
+
 // Step metadata in device memory (see CudaBackend::begin_step): per token its segment and cache row; per
 // segment {t0, n, past, table offset or -1}; the block tables.
 struct SegMeta {
@@ -97,7 +140,10 @@ void copy_rows_segs(cudaStream_t st, float* dst, int64_t ldd, const float* src, 
 void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
                     const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
                     int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part, int sms,
-                    int max_split);
+                    int max_split, int* counters);
+// counters: kAttnCounters zeroed ints owned by the caller (left zeroed after each launch), or nullptr: with
+// them the key splits are merged by the last block of each group instead of a second kernel.
+constexpr int kAttnCounters = 4096;
 // Partial-result scratch (floats) attention_segs needs for up to `max_split` key splits.
 inline int64_t attention_part_floats(int64_t T, int64_t Hq, int Dv, int max_split) {
   return T * Hq * max_split * (Dv + 2);
@@ -127,6 +173,9 @@ void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* 
 // scratch: argmax_scratch_bytes(R)
 void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V, void* scratch);
 inline size_t argmax_scratch_bytes(int64_t R) { return static_cast<size_t>(R) * 64 * (sizeof(float) + 8); }
+// Occupies the stream for `seconds` (profiling: the host queues a whole step meanwhile, so per-op GPU times
+// are not stretched by launch latency).
+void gpu_spin(cudaStream_t st, double seconds);
 // GB/s of a streaming read of `bytes` of device memory (best of `passes`).
 double read_bandwidth_gbs(cudaStream_t st, size_t bytes, int passes);
 

@@ -25,6 +25,7 @@
 #include "backend/cpu/stats.h"
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/mla_tc.cuh"
 #include "core/log.h"
 #include "ops/moe_routing.h"
 
@@ -44,6 +45,7 @@ namespace {
 // CPU's form), so the bf16 output is exact.
 template <typename T>
 __global__ void dequant_kernel(T* out, WDesc w, int64_t N, int64_t K) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= N * K) return;
   const float v = wload(w, i / K, i % K);
@@ -54,6 +56,7 @@ __global__ void dequant_kernel(T* out, WDesc w, int64_t N, int64_t K) {
 // Splits f32 activations into two bf16 parts, x ~= hi + lo (relative error ~2^-16): [hi | lo] as [2, R, K].
 // (lo: only with `split`)
 __global__ void split_bf16_kernel(__nv_bfloat16* out, const float* x, int64_t ldx, int64_t R, int64_t K, bool split) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= R * K) return;
   const float v = x[(i / K) * ldx + i % K];
@@ -63,6 +66,7 @@ __global__ void split_bf16_kernel(__nv_bfloat16* out, const float* x, int64_t ld
 }
 
 __global__ void add_bias_kernel(float* y, int64_t ldy, int64_t T, int64_t N, const void* b, int btype) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= T * N) return;
   y[(i / N) * ldy + i % N] += vload(b, btype, i % N);
@@ -85,6 +89,7 @@ __device__ __forceinline__ float block_sum(float v) {
 
 __global__ void rms_norm_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t D, const void* w, int wtype,
                                 float eps) {
+  pdl_entry();
   const float* xr = x + blockIdx.x * ldx;
   float* yr = y + blockIdx.x * ldy;
   float ss = 0.0f;
@@ -96,6 +101,7 @@ __global__ void rms_norm_kernel(float* y, int64_t ldy, const float* x, int64_t l
 // x += o; h = rms_norm(x) * w, one block per row.
 __global__ void add_rms_norm_kernel(float* x, int64_t ldx, const float* o, int64_t ldo, float* h, int64_t ldh,
                                     int64_t D, const void* w, int wtype, float eps) {
+  pdl_entry();
   float* xr = x + blockIdx.x * ldx;
   const float* orow = o + blockIdx.x * ldo;
   float* hr = h + blockIdx.x * ldh;
@@ -109,7 +115,53 @@ __global__ void add_rms_norm_kernel(float* x, int64_t ldx, const float* o, int64
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) hr[d] = vload(w, wtype, d) * (xr[d] * inv);
 }
 
+// The same two norms with the row held in registers (PER values per thread, up to 1024 threads): every load
+// of the row is issued before any store, so a decode row costs one memory round trip instead of one per loop
+// iteration (the stores may alias the inputs, which serialises the loops above). ADD: x += o, h = norm(x) * w;
+// otherwise h = norm(x) * w (h may be x).
+template <int PER, bool ADD>
+__global__ void __launch_bounds__(1024) norm_reg_kernel(float* x, int64_t ldx, const float* o, int64_t ldo, float* h,
+                                                        int64_t ldh, int64_t D, const void* w, int wtype, float eps) {
+  pdl_entry();
+  float* xr = x + blockIdx.x * ldx;
+  float* hr = h + blockIdx.x * ldh;
+  float v[PER];
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t d = threadIdx.x + int64_t(j) * blockDim.x;
+    v[j] = d < D ? xr[d] + (ADD ? o[blockIdx.x * ldo + d] : 0.0f) : 0.0f;
+  }
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t d = threadIdx.x + int64_t(j) * blockDim.x;
+    if (ADD && d < D) xr[d] = v[j];
+    ss += v[j] * v[j];
+  }
+  const float inv = 1.0f / sqrtf(block_sum(ss) / float(D) + eps);
+#pragma unroll
+  for (int j = 0; j < PER; ++j) {
+    const int64_t d = threadIdx.x + int64_t(j) * blockDim.x;
+    if (d < D) hr[d] = vload(w, wtype, d) * (v[j] * inv);
+  }
+}
+
+// Launches norm_reg_kernel when the row fits (D <= 16384); returns false otherwise.
+template <bool ADD>
+bool norm_reg(cudaStream_t st, int64_t T, int64_t D, float* x, int64_t ldx, const float* o, int64_t ldo, float* h,
+              int64_t ldh, const void* w, int wtype, float eps) {
+  const int per = D <= 4096 ? 4 : D <= 8192 ? 8 : D <= 16384 ? 16 : 0;
+  if (per == 0 || T <= 0) return false;
+  const unsigned nt = static_cast<unsigned>(((D + per - 1) / per + 31) / 32 * 32);
+  const dim3 g(static_cast<unsigned>(T));
+  if (per == 4) launch(norm_reg_kernel<4, ADD>, g, nt, 0, st, x, ldx, o, ldo, h, ldh, D, w, wtype, eps);
+  else if (per == 8) launch(norm_reg_kernel<8, ADD>, g, nt, 0, st, x, ldx, o, ldo, h, ldh, D, w, wtype, eps);
+  else launch(norm_reg_kernel<16, ADD>, g, nt, 0, st, x, ldx, o, ldo, h, ldh, D, w, wtype, eps);
+  return true;
+}
+
 __global__ void add_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, int64_t D) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= T * D) return;
   y[(i / D) * ldy + i % D] += x[(i / D) * ldx + i % D];
@@ -117,6 +169,7 @@ __global__ void add_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, i
 
 __global__ void silu_mul_kernel(float* y, int64_t ldy, const float* g, int64_t ldg, const float* u, int64_t ldu,
                                 int64_t T, int64_t I) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= T * I) return;
   const int64_t t = i / I, c = i % I;
@@ -126,6 +179,7 @@ __global__ void silu_mul_kernel(float* y, int64_t ldy, const float* g, int64_t l
 
 __global__ void rope_kernel(float* x, int64_t ld0, int64_t ld1, int64_t T, int64_t H, int offset, int half,
                             const float* inv_freq, float cs_scale, int neox, const int32_t* pos) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= T * H * half) return;
   const int p = int(i % half);
@@ -139,8 +193,71 @@ __global__ void rope_kernel(float* x, int64_t ld0, int64_t ld1, int64_t T, int64
   v[b] = x1 * c + x0 * s;
 }
 
+// rope_store_kv: Neox rope of the q and k heads in place, rotated k heads and v written to the cache rows of the
+// step. Threads [0, T (Hq + Hkv) half) rotate one pair each; the rest copy v.
+__global__ void rope_store_kv_kernel(float* qk, int64_t ld0, int64_t Hq, int64_t Hkv, int D, int half,
+                                     const float* inv_freq, float cs_scale, const int32_t* pos, float* kc,
+                                     int64_t ldk, float* vc, int64_t ldv, const float* v, int64_t lv0, int64_t T,
+                                     SegMeta m) {
+  pdl_entry();
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t nr = T * (Hq + Hkv) * half;
+  if (i < nr) {
+    const int p = int(i % half);
+    const int64_t h = (i / half) % (Hq + Hkv), t = i / (half * (Hq + Hkv));
+    float* x = qk + t * ld0 + h * D;
+    const float ang = float(pos[t]) * inv_freq[p];
+    const float c = cosf(ang) * cs_scale, s = sinf(ang) * cs_scale;
+    const float x0 = x[p], x1 = x[p + half];
+    const float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
+    x[p] = y0;
+    x[p + half] = y1;
+    if (h >= Hq) {
+      float* kr = kc + int64_t(m.slot[t]) * ldk + (h - Hq) * D;
+      kr[p] = y0;
+      kr[p + half] = y1;
+    }
+    return;
+  }
+  const int64_t j = i - nr;
+  if (j >= T * Hkv * D) return;
+  const int64_t t = j / (Hkv * D), d = j % (Hkv * D);
+  vc[int64_t(m.slot[t]) * ldv + d] = v[t * lv0 + d];
+}
+
+// mla_store_kv: one block per token: interleaved rope of the rope key (in place in kv_a and into its pool row),
+// latent = rms_norm(kv_a[:, :C]) * w into the scratch and its pool row.
+__global__ void mla_store_kv_kernel(float* kv_a, int64_t lda, int64_t C, int64_t R, const void* w, int wtype, float eps,
+                                    const float* inv_freq, float cs_scale, const int32_t* pos, float* latent,
+                                    int64_t ldl, float* lat_c, int64_t ldc, float* kpe_c, int64_t ldk, SegMeta m) {
+  pdl_entry();
+  const int64_t t = blockIdx.x;
+  float* row = kv_a + t * lda;
+  const int64_t slot = m.slot[t];
+  float ss = 0.0f;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += row[c] * row[c];
+  const float inv = 1.0f / sqrtf(block_sum(ss) / float(C) + eps);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const float v = vload(w, wtype, c) * (row[c] * inv);
+    latent[t * ldl + c] = v;
+    lat_c[slot * ldc + c] = v;
+  }
+  for (int64_t p = threadIdx.x; p < R / 2; p += blockDim.x) {
+    float* x = row + C;
+    const float ang = float(pos[t]) * inv_freq[p];
+    const float co = cosf(ang) * cs_scale, si = sinf(ang) * cs_scale;
+    const float x0 = x[2 * p], x1 = x[2 * p + 1];
+    const float y0 = x0 * co - x1 * si, y1 = x1 * co + x0 * si;
+    x[2 * p] = y0;
+    x[2 * p + 1] = y1;
+    kpe_c[slot * ldk + 2 * p] = y0;
+    kpe_c[slot * ldk + 2 * p + 1] = y1;
+  }
+}
+
 __global__ void embedding_kernel(float* out, int64_t ldo, const void* table, int type, int64_t ldt, const int32_t* ids,
                                  int64_t T, int64_t H) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= T * H) return;
   const int64_t t = i / H, d = i % H;
@@ -149,6 +266,7 @@ __global__ void embedding_kernel(float* out, int64_t ldo, const void* table, int
 
 __global__ void copy_rows_kernel(float* dst, int64_t ldd, int64_t r0, const float* src, int64_t lds, int64_t T,
                                  int64_t D, const int32_t* table, int bs) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= T * D) return;
   const int64_t t = i / D, d = i % D;
@@ -157,6 +275,7 @@ __global__ void copy_rows_kernel(float* dst, int64_t ldd, int64_t r0, const floa
 
 __global__ void gather_rows_kernel(float* dst, const float* src, int64_t lds, const int32_t* idx, int64_t n,
                                    int64_t H) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * H) return;
   dst[i] = src[int64_t(idx[i / H]) * lds + i % H];
@@ -164,12 +283,14 @@ __global__ void gather_rows_kernel(float* dst, const float* src, int64_t lds, co
 
 __global__ void scatter_add_kernel(float* out, int64_t ldo, const float* src, const int32_t* idx, const float* wts,
                                    int64_t n, int64_t H) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * H) return;
   out[int64_t(idx[i / H]) * ldo + i % H] += wts[i / H] * src[i];
 }
 
 __global__ void zero_rows_kernel(float* y, int64_t ldy, int64_t T, int64_t D) {
+  pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < T * D) y[(i / D) * ldy + i % D] = 0.0f;
 }
@@ -217,12 +338,33 @@ class CudaBackend final : public Backend {
     graphs_ = !(g && std::string(g) == "0");
     const char* mh = std::getenv("DSFUSE_CUDA_MLA_HEADS");
     mla_heads_ = mh && std::string(mh) == "1";
+    // DSFUSE_CUDA_MLA: tc (default: tensor-core kernel, mla_tc.cu), tc2 (its 8-warp variant, falls back to tc
+    // for shapes it does not take), segs (per-head FP32 kernel), heads.
+    const char* mk = std::getenv("DSFUSE_CUDA_MLA");
+    const std::string mks = mk ? mk : "";
+    if (mks == "heads") mla_heads_ = true;
+    mla_tc_ = mks != "segs" && mks != "heads";
+    mla_tc2_ = mks == "tc2";
     const char* pr = std::getenv("DSFUSE_CUDA_PROFILE");
     profile_ = pr && *pr && std::string(pr) != "0";
+    if (profile_ && std::string(pr) == "decode") profile_max_T_ = 256;  // only steps of <= 256 tokens
     if (profile_) graphs_ = false;
+    // Programmatic dependent launch (see common.cuh) on sm_90+, unless DSFUSE_CUDA_PDL=0.
+    int cc = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev_));
+    const char* pdl = std::getenv("DSFUSE_CUDA_PDL");
+    cuda::set_pdl_enabled(cc >= 9 && !(pdl && std::string(pdl) == "0"));
+    // Split-K attention merges in its last block through these counters (zero between launches);
+    // DSFUSE_CUDA_ATTN_MERGE=0: a separate combine kernel instead.
+    if (const char* sm = std::getenv("DSFUSE_CUDA_SPLIT_MAX_T"); sm && *sm) split_max_T_ = std::atoll(sm);
+    const char* am = std::getenv("DSFUSE_CUDA_ATTN_MERGE");
+    attn_merge_ = !(am && std::string(am) == "0");
+    CUDA_CHECK(cudaMalloc(&attn_counters_, sizeof(int) * kAttnCounters));
+    CUDA_CHECK(cudaMemset(attn_counters_, 0, sizeof(int) * kAttnCounters));
   }
   ~CudaBackend() override {
     cudaSetDevice(dev_);
+    cudaFree(attn_counters_);
     if (profile_) prof_resolve();
     for (cudaEvent_t e : prof_events_) cudaEventDestroy(e);
     for (int i = 0; i < 2; ++i)
@@ -314,6 +456,10 @@ class CudaBackend final : public Backend {
   // Packed int32 layout in one device buffer: ids [T] | positions [T] | token segment [T] | cache row [T] |
   // segments [nseg, 4] | block tables. Uploaded with one copy (skipped when unchanged).
   void begin_step(const int32_t* ids, const int32_t* positions, int64_t T, const std::vector<SeqSegment>* segs) override {
+    if (profile_ && T <= profile_max_T_) {  // queue the whole step behind a 30 ms hold: ops timed back to back
+      prof_resolve();
+      cuda::gpu_spin(stream_, 0.03);
+    }
     step_host_.clear();
     step_T_ = T;
     step_host_.insert(step_host_.end(), ids, ids + T);
@@ -391,7 +537,7 @@ class CudaBackend final : public Backend {
     Op op(this);
     const int64_t H = table.shape[1];
     const int32_t* d_ids = step_input(ids, T, 0);
-    embedding_kernel<<<blocks(T * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], table.data,
+    launch(embedding_kernel, blocks(T * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], table.data,
                                                           wtype_of(table.dtype), table.stride[0], d_ids, T, H);
     check_launch();
   }
@@ -405,7 +551,10 @@ class CudaBackend final : public Backend {
   void rms_norm(TensorView y, const TensorView& x, const TensorView& w, float eps) override {
     Prof prof(this, "rms_norm");
     const int64_t T = x.shape[0], D = x.shape[x.ndim - 1];
-    rms_norm_kernel<<<static_cast<unsigned>(T), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], x.ptr<float>(),
+    if (norm_reg<false>(stream_, T, D, x.ptr<float>(), x.stride[0], nullptr, 0, y.ptr<float>(),
+                        y.stride[0], w.data, wtype_of(w.dtype), eps))
+      return;
+    launch(rms_norm_kernel, static_cast<unsigned>(T), 256, 0, stream_, y.ptr<float>(), y.stride[0], x.ptr<float>(),
                                                                     x.stride[0], D, w.data, wtype_of(w.dtype), eps);
     check_launch();
   }
@@ -413,14 +562,17 @@ class CudaBackend final : public Backend {
   void add(TensorView y, const TensorView& x) override {
     Prof prof(this, "add");
     const int64_t T = x.shape[0], D = x.numel() / T;
-    add_kernel<<<blocks(T * D), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], T, D);
+    launch(add_kernel, blocks(T * D), 256, 0, stream_, y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], T, D);
     check_launch();
   }
 
   void add_rms_norm(TensorView x, const TensorView& o, TensorView h, const TensorView& w, float eps) override {
     Prof prof(this, "add_rms_norm");
     const int64_t T = x.shape[0], D = x.shape[x.ndim - 1];
-    add_rms_norm_kernel<<<static_cast<unsigned>(T), 256, 0, stream_>>>(x.ptr<float>(), x.stride[0], o.ptr<float>(),
+    if (norm_reg<true>(stream_, T, D, x.ptr<float>(), x.stride[0], o.ptr<float>(), o.stride[0], h.ptr<float>(),
+                       h.stride[0], w.data, wtype_of(w.dtype), eps))
+      return;
+    launch(add_rms_norm_kernel, static_cast<unsigned>(T), 256, 0, stream_, x.ptr<float>(), x.stride[0], o.ptr<float>(),
                                                                         o.stride[0], h.ptr<float>(), h.stride[0], D,
                                                                         w.data, wtype_of(w.dtype), eps);
     check_launch();
@@ -437,14 +589,14 @@ class CudaBackend final : public Backend {
     }
     float* gu = scratch_f(T * 2 * I);  // GEMM (and bias), then SwiGLU
     linear_impl(gu, 2 * I, x.ptr<float>(), x.stride[0], T, w);
-    silu_mul_kernel<<<blocks(T * I), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], gu, 2 * I, gu + I, 2 * I, T, I);
+    launch(silu_mul_kernel, blocks(T * I), 256, 0, stream_, y.ptr<float>(), y.stride[0], gu, 2 * I, gu + I, 2 * I, T, I);
     check_launch();
   }
 
   void silu_mul(TensorView y, const TensorView& gate, const TensorView& up) override {
     Prof prof(this, "silu_mul");
     const int64_t T = gate.shape[0], I = gate.shape[gate.ndim - 1];
-    silu_mul_kernel<<<blocks(T * I), 256, 0, stream_>>>(y.ptr<float>(), y.stride[0], gate.ptr<float>(),
+    launch(silu_mul_kernel, blocks(T * I), 256, 0, stream_, y.ptr<float>(), y.stride[0], gate.ptr<float>(),
                                                          gate.stride[0], up.ptr<float>(), up.stride[0], T, I);
     check_launch();
   }
@@ -456,7 +608,7 @@ class CudaBackend final : public Backend {
     const int half = tab.rot_dim() / 2;
     const float* d_freq = constant(tab.inv_freq.data(), half);
     const int32_t* d_pos = step_input(pos, T, 1);
-    rope_kernel<<<blocks(T * H * half), 256, 0, stream_>>>(x.ptr<float>(), x.stride[0], x.stride[1], T, H, offset,
+    launch(rope_kernel, blocks(T * H * half), 256, 0, stream_, x.ptr<float>(), x.stride[0], x.stride[1], T, H, offset,
                                                            half, d_freq, tab.cos_sin_scale,
                                                            style == RopeStyle::Neox, d_pos);
     check_launch();
@@ -467,7 +619,7 @@ class CudaBackend final : public Backend {
     Op op(this);
     const int64_t T = src.shape[0], D = src.numel() / T;
     const int32_t* tab = rows.table ? stage(rows.table, (r0 + T - 1) / rows.block_size + 1) : nullptr;
-    copy_rows_kernel<<<blocks(T * D), 256, 0, stream_>>>(dst.ptr<float>(), dst.stride[0], r0, src.ptr<float>(),
+    launch(copy_rows_kernel, blocks(T * D), 256, 0, stream_, dst.ptr<float>(), dst.stride[0], r0, src.ptr<float>(),
                                                          src.stride[0], T, D, tab, rows.block_size);
     check_launch();
   }
@@ -498,6 +650,40 @@ class CudaBackend final : public Backend {
                          seg_meta(segs, T));
   }
 
+  void rope_store_kv(TensorView qk, int64_t Hq, const RopeTable& tab, const int32_t* pos, TensorView kc,
+                     TensorView vc, const TensorView& v, const std::vector<SeqSegment>& segs) override {
+    const int64_t T = qk.shape[0], Hkv = qk.shape[1] - Hq, D = qk.shape[2];
+    const int half = tab.rot_dim() / 2;
+    if (2 * half != D || qk.stride[1] != D || qk.stride[2] != 1 || v.stride[1] != D || v.stride[2] != 1 ||
+        kc.stride[1] != 1 || vc.stride[1] != 1)
+      return Backend::rope_store_kv(qk, Hq, tab, pos, kc, vc, v, segs);  // partial rotary or strided heads
+    Prof prof(this, "rope_store_kv");
+    Op op(this);
+    const float* d_freq = constant(tab.inv_freq.data(), half);
+    const int32_t* d_pos = step_input(pos, T, 1);
+    const int64_t n = T * (Hq + Hkv) * half + T * Hkv * D;
+    launch(rope_store_kv_kernel, blocks(n), 256, 0, stream_, qk.ptr<float>(), qk.stride[0], Hq, Hkv, int(D), half,
+           d_freq, tab.cos_sin_scale, d_pos, kc.ptr<float>(), kc.stride[0], vc.ptr<float>(), vc.stride[0],
+           v.ptr<float>(), v.stride[0], T, seg_meta(segs, T));
+  }
+
+  void mla_store_kv(TensorView kv_a, int64_t C, const TensorView& norm_w, float eps, const RopeTable& tab,
+                    const int32_t* pos, TensorView latent, TensorView lat_c, TensorView kpe_c,
+                    const std::vector<SeqSegment>& segs) override {
+    const int64_t T = kv_a.shape[0], R = kv_a.shape[1] - C;
+    const int half = tab.rot_dim() / 2;
+    if (2 * half != R || kv_a.stride[1] != 1 || latent.stride[1] != 1 || lat_c.stride[1] != 1 || kpe_c.stride[1] != 1)
+      return Backend::mla_store_kv(kv_a, C, norm_w, eps, tab, pos, latent, lat_c, kpe_c, segs);
+    Prof prof(this, "mla_store_kv");
+    Op op(this);
+    const float* d_freq = constant(tab.inv_freq.data(), half);
+    const int32_t* d_pos = step_input(pos, T, 1);
+    launch(mla_store_kv_kernel, static_cast<unsigned>(T), 256, 0, stream_, kv_a.ptr<float>(), kv_a.stride[0], C, R,
+           norm_w.data, wtype_of(norm_w.dtype), eps, d_freq, tab.cos_sin_scale, d_pos, latent.ptr<float>(),
+           latent.stride[0], lat_c.ptr<float>(), lat_c.stride[0], kpe_c.ptr<float>(), kpe_c.stride[0],
+           seg_meta(segs, T));
+  }
+
   void attention_segs(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, float scale,
                       const std::vector<SeqSegment>& segs) override {
     Prof prof(this, "attention_segs");
@@ -505,12 +691,14 @@ class CudaBackend final : public Backend {
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
     // Key splits only when tokens x kv heads leave the GPU idle (decode of small batches).
     const int64_t nb = T * Hkv;
-    const int max_split = nb >= 2 * sms_ ? 1 : static_cast<int>(std::min<int64_t>(32, (2 * sms_ + nb - 1) / nb));
+    // (about 8 blocks of 4 warps per SM: each warp walks its keys one by one, latency-bound, so the keys of
+    // batched decode steps are split too).
+    const int max_split = nb >= 8 * sms_ ? 1 : static_cast<int>(std::min<int64_t>(32, (8 * sms_ + nb - 1) / nb));
     float* part = max_split > 1 ? scratch_f(attention_part_floats(T, Hq, int(Dv), max_split)) : nullptr;
     cuda::attention_segs(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q.ptr<float>(), q.stride[0],
                          q.stride[1], k.ptr<float>(), k.stride[0], k.stride[1], v.ptr<float>(), v.stride[0],
                          v.stride[1], T, Hq, Hq / Hkv, int(D), int(Dv), scale, seg_meta(segs, T), part, sms_,
-                         max_split);
+                         max_split, attn_merge_ ? attn_counters_ : nullptr);
   }
 
   void mla_attention_segs(TensorView out, const TensorView& q_nope, const TensorView& q_pe, const TensorView& latent,
@@ -529,6 +717,23 @@ class CudaBackend final : public Backend {
                       q_nope.stride[1], q_pe.ptr<float>(), q_pe.stride[0], q_pe.stride[1], latent.ptr<float>(),
                       latent.stride[0], k_pe.ptr<float>(), k_pe.stride[0], desc_of(kv_b), T, H, int(Dn), int(Dv),
                       int(R), int(C), scale, seg_meta(segs, T), part, ns, qlat, qpe_s);
+      return;
+    }
+    if (mla_tc_ && !f32_ && mla_tc_supported(H, int(R), int(C)) &&
+        mla_tc_aligned(latent.data, latent.stride[0], k_pe.data, k_pe.stride[0])) {  // tensor cores (TF32)
+      int64_t max_keys = 0;  // unknown while recording a graph: it is replayed at longer contexts
+      if (!capturing_)
+        for (const SeqSegment& s : segs) max_keys = std::max(max_keys, s.past + s.n);
+      const bool tc2 = mla_tc2_ && mla_tc2_supported(H, int(R), int(C));  // DSFUSE_CUDA_MLA=tc2
+      const int ns = tc2 ? mla_tc2_splits(T, H, max_keys, int(R), int(C), sms_)
+                         : mla_tc_splits(T, H, max_keys, int(R), int(C), sms_);
+      float* part = scratch_f(mla_tc_part_floats(T, H, int(C), ns));
+      float* qcat = scratch_f(mla_tc_q_floats(T, H, int(R), int(C)));
+      (tc2 ? cuda::mla_tc2 : cuda::mla_tc)(
+          stream_, out.ptr<float>(), out.stride[0], out.stride[1], q_nope.ptr<float>(), q_nope.stride[0],
+          q_nope.stride[1], q_pe.ptr<float>(), q_pe.stride[0], q_pe.stride[1], latent.ptr<float>(), latent.stride[0],
+          k_pe.ptr<float>(), k_pe.stride[0], desc_of(kv_b), T, H, int(Dn), int(Dv), int(R), int(C), scale,
+          seg_meta(segs, T), part, ns, qcat);
       return;
     }
     // Key splits when tokens x heads leave the GPU idle (decode of small batches); 64+ keys per split.
@@ -552,7 +757,7 @@ class CudaBackend final : public Backend {
         d_bias = bias.ptr<float>();
       } else {
         float* b = scratch_f(E);
-        embedding_kernel<<<blocks(E), 256, 0, stream_>>>(b, E, bias.data, wtype_of(bias.dtype), E, zero_id(), 1, E);
+        launch(embedding_kernel, blocks(E), 256, 0, stream_, b, E, bias.data, wtype_of(bias.dtype), E, zero_id(), 1, E);
         check_launch();
         d_bias = b;
       }
@@ -586,7 +791,7 @@ class CudaBackend final : public Backend {
         tok[e].push_back(static_cast<int32_t>(t));
         wt[e].push_back(hw[t * K + j]);
       }
-    zero_rows_kernel<<<blocks(T * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], T, H);
+    launch(zero_rows_kernel, blocks(T * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], T, H);
     for (size_t e = 0; e < experts.size(); ++e) {
       const int64_t n = static_cast<int64_t>(tok[e].size());
       if (!n || experts[e].gate.empty()) continue;  // no tokens, or another rank's expert
@@ -599,12 +804,12 @@ class CudaBackend final : public Backend {
       float* g = scratch_f(n * I);
       float* u = scratch_f(n * I);
       float* yd = scratch_f(n * H);
-      gather_rows_kernel<<<blocks(n * H), 256, 0, stream_>>>(xg, x.ptr<float>(), x.stride[0], d_idx, n, H);
+      launch(gather_rows_kernel, blocks(n * H), 256, 0, stream_, xg, x.ptr<float>(), x.stride[0], d_idx, n, H);
       linear_impl(g, I, xg, H, n, ew.gate);
       linear_impl(u, I, xg, H, n, ew.up);
-      silu_mul_kernel<<<blocks(n * I), 256, 0, stream_>>>(g, I, g, I, u, I, n, I);
+      launch(silu_mul_kernel, blocks(n * I), 256, 0, stream_, g, I, g, I, u, I, n, I);
       linear_impl(yd, H, g, I, n, ew.down);
-      scatter_add_kernel<<<blocks(n * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], yd, d_idx, d_w, n, H);
+      launch(scatter_add_kernel, blocks(n * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], yd, d_idx, d_w, n, H);
     }
     check_launch();
     CUDA_CHECK(cudaStreamSynchronize(stream_));  // staged host vectors die here
@@ -632,7 +837,7 @@ class CudaBackend final : public Backend {
     const char* name = nullptr;
     cudaEvent_t e0 = nullptr;
     Prof(CudaBackend* be, const char* n) {
-      if (!be->profile_ || be->prof_depth_++ > 0) {
+      if (!be->profile_ || be->prof_depth_++ > 0 || be->step_T_ > be->profile_max_T_) {
         if (be->profile_) b = be;  // nested: only the depth is tracked
         return;
       }
@@ -920,7 +1125,7 @@ class CudaBackend final : public Backend {
         ++owned;
       }
     if (I == 0) {  // no expert on this rank
-      zero_rows_kernel<<<blocks(T * H), 256, 0, stream_>>>(out.ptr<float>(), out.stride[0], T, H);
+      launch(zero_rows_kernel, blocks(T * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], T, H);
       check_launch();
       return;
     }
@@ -952,18 +1157,19 @@ class CudaBackend final : public Backend {
       // bf16 tensor-core GEMMs with f32 accumulation. Up to 256 rows the activations are split into bf16 hi + lo
       // parts stacked as 2T rows of one GEMM (weights read once; keeps logits within ~1e-5 of f32 instead of the
       // ~1e-3 one bf16 rounding costs, which MoE routers amplify); above, a plain bf16 GEMM (compute-bound).
+      // DSFUSE_CUDA_SPLIT_MAX_T moves that limit (0: bf16 activations in every GEMM, as vLLM does).
       const void* wp = w.w.data;
       int64_t lda = d.ld;
       if (d.type == W_F8) {
         auto* deq = static_cast<__nv_bfloat16*>(scratch(sizeof(uint16_t) * N * K));
-        dequant_kernel<__nv_bfloat16><<<blocks(N * K), 256, 0, stream_>>>(deq, d, N, K);
+        launch(dequant_kernel<__nv_bfloat16>, blocks(N * K), 256, 0, stream_, deq, d, N, K);
         check_launch();
         wp = deq;
         lda = K;
       }
-      const bool split = T <= 256;
+      const bool split = T <= split_max_T_;
       auto* xs = static_cast<__nv_bfloat16*>(scratch(sizeof(uint16_t) * (split ? 2 : 1) * T * K));
-      split_bf16_kernel<<<blocks(T * K), 256, 0, stream_>>>(xs, x, ldx, T, K, split);
+      launch(split_bf16_kernel, blocks(T * K), 256, 0, stream_, xs, x, ldx, T, K, split);
       check_launch();
       if (split) {
         float* y2 = scratch_f(2 * T * N);
@@ -982,7 +1188,7 @@ class CudaBackend final : public Backend {
       int64_t lda = d.ld;
       if (d.type != W_F32) {
         float* deq = scratch_f(N * K);
-        dequant_kernel<float><<<blocks(N * K), 256, 0, stream_>>>(deq, d, N, K);
+        launch(dequant_kernel<float>, blocks(N * K), 256, 0, stream_, deq, d, N, K);
         check_launch();
         wp = deq;
         lda = K;
@@ -992,7 +1198,7 @@ class CudaBackend final : public Backend {
                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     if (bias) {
-      add_bias_kernel<<<blocks(T * N), 256, 0, stream_>>>(y, ldy, T, N, bias, btype);
+      launch(add_bias_kernel, blocks(T * N), 256, 0, stream_, y, ldy, T, N, bias, btype);
       check_launch();
     }
   }
@@ -1000,7 +1206,11 @@ class CudaBackend final : public Backend {
   int dev_ = 0, sms_ = 132;
   void* stage_host_[2] = {nullptr, nullptr};
   cudaEvent_t stage_done_[2] = {nullptr, nullptr};
-  bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false;
+  int64_t profile_max_T_ = INT64_MAX;
+  int* attn_counters_ = nullptr;
+  bool attn_merge_ = true;
+  int64_t split_max_T_ = 256;
+  bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false, mla_tc_ = true, mla_tc2_ = false;
   int prof_depth_ = 0;
   std::map<std::string, std::pair<int64_t, double>> prof_;
   std::vector<ProfPending> prof_pending_;
