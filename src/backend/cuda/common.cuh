@@ -139,8 +139,9 @@ void copy_rows_segs(cudaStream_t st, float* dst, int64_t ldd, const float* src, 
                     const SegMeta& m);
 void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
                     const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
-                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part, int sms,
-                    int max_split, int* counters);
+                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part,
+                    int64_t target_blocks, int max_split, int* counters);
+// target_blocks: the key splits aim at this many blocks in all (the backend: blocks per SM x SMs).
 // counters: kAttnCounters zeroed ints owned by the caller (left zeroed after each launch), or nullptr: with
 // them the key splits are merged by the last block of each group instead of a second kernel.
 constexpr int kAttnCounters = 4096;

@@ -338,13 +338,13 @@ class CudaBackend final : public Backend {
     graphs_ = !(g && std::string(g) == "0");
     const char* mh = std::getenv("DSFUSE_CUDA_MLA_HEADS");
     mla_heads_ = mh && std::string(mh) == "1";
-    // DSFUSE_CUDA_MLA: tc (default: tensor-core kernel, mla_tc.cu), tc2 (its 8-warp variant, falls back to tc
-    // for shapes it does not take), segs (per-head FP32 kernel), heads.
+    // DSFUSE_CUDA_MLA: tc2 (default: the 8-warp tensor-core kernel of mla_tc.cu; falls back to tc for shapes or
+    // GPUs it does not take), tc (the 4-warp one), segs (per-head FP32 kernel), heads.
     const char* mk = std::getenv("DSFUSE_CUDA_MLA");
     const std::string mks = mk ? mk : "";
     if (mks == "heads") mla_heads_ = true;
     mla_tc_ = mks != "segs" && mks != "heads";
-    mla_tc2_ = mks == "tc2";
+    mla_tc2_ = mks == "" || mks == "tc2";
     const char* pr = std::getenv("DSFUSE_CUDA_PROFILE");
     profile_ = pr && *pr && std::string(pr) != "0";
     if (profile_ && std::string(pr) == "decode") profile_max_T_ = 256;  // only steps of <= 256 tokens
@@ -357,6 +357,7 @@ class CudaBackend final : public Backend {
     // Split-K attention merges in its last block through these counters (zero between launches);
     // DSFUSE_CUDA_ATTN_MERGE=0: a separate combine kernel instead.
     if (const char* sm = std::getenv("DSFUSE_CUDA_SPLIT_MAX_T"); sm && *sm) split_max_T_ = std::atoll(sm);
+    if (const char* bp = std::getenv("DSFUSE_CUDA_ATTN_BLOCKS_PER_SM"); bp && std::atoi(bp) > 0) attn_bps_ = std::atoi(bp);
     const char* am = std::getenv("DSFUSE_CUDA_ATTN_MERGE");
     attn_merge_ = !(am && std::string(am) == "0");
     CUDA_CHECK(cudaMalloc(&attn_counters_, sizeof(int) * kAttnCounters));
@@ -691,13 +692,14 @@ class CudaBackend final : public Backend {
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
     // Key splits only when tokens x kv heads leave the GPU idle (decode of small batches).
     const int64_t nb = T * Hkv;
-    // (about 8 blocks of 4 warps per SM: each warp walks its keys one by one, latency-bound, so the keys of
-    // batched decode steps are split too).
-    const int max_split = nb >= 8 * sms_ ? 1 : static_cast<int>(std::min<int64_t>(32, (8 * sms_ + nb - 1) / nb));
+    // (about attn_bps_ blocks of 4 warps per SM, default 8: each warp walks its keys one by one, latency-bound,
+    // so the keys of batched decode steps are split too; DSFUSE_CUDA_ATTN_BLOCKS_PER_SM sets it).
+    const int64_t target = int64_t(attn_bps_) * sms_;
+    const int max_split = nb >= target ? 1 : static_cast<int>(std::min<int64_t>(32, (target + nb - 1) / nb));
     float* part = max_split > 1 ? scratch_f(attention_part_floats(T, Hq, int(Dv), max_split)) : nullptr;
     cuda::attention_segs(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q.ptr<float>(), q.stride[0],
                          q.stride[1], k.ptr<float>(), k.stride[0], k.stride[1], v.ptr<float>(), v.stride[0],
-                         v.stride[1], T, Hq, Hq / Hkv, int(D), int(Dv), scale, seg_meta(segs, T), part, sms_,
+                         v.stride[1], T, Hq, Hq / Hkv, int(D), int(Dv), scale, seg_meta(segs, T), part, target,
                          max_split, attn_merge_ ? attn_counters_ : nullptr);
   }
 
@@ -1210,6 +1212,7 @@ class CudaBackend final : public Backend {
   int* attn_counters_ = nullptr;
   bool attn_merge_ = true;
   int64_t split_max_T_ = 256;
+  int attn_bps_ = 8;
   bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false, mla_tc_ = true, mla_tc2_ = false;
   int prof_depth_ = 0;
   std::map<std::string, std::pair<int64_t, double>> prof_;

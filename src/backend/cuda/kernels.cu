@@ -989,8 +989,8 @@ void copy_rows_segs(cudaStream_t st, float* dst, int64_t ldd, const float* src, 
 
 void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
                     const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
-                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part, int sms,
-                    int max_split, int* counters) {
+                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part,
+                    int64_t target_blocks, int max_split, int* counters) {
   DSFUSE_CHECK(D <= 32 * kAttnPer && Dv <= 32 * kAttnPer, "CUDA attention: head dim ", D, "/", Dv, " above ",
                32 * kAttnPer);
   const int64_t Hkv = Hq / group;
@@ -1000,7 +1000,7 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
     const int64_t nchunk = (group + G - 1) / G;
     // Enough blocks to fill the GPU: split the keys when (tokens x kv heads) alone would not.
     const int64_t nb = T * Hkv * nchunk;
-    const int ns = part ? static_cast<int>(std::clamp<int64_t>((8 * sms + nb - 1) / nb, 1, max_split)) : 1;
+    const int ns = part ? static_cast<int>(std::clamp<int64_t>((target_blocks + nb - 1) / nb, 1, max_split)) : 1;
     const bool merge = counters && nb <= kAttnCounters && ns <= kAttnMaxSplit;  // merged in the kernel
     launch(attention_gqa_kernel<G, DH>, dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, 0, st, 
         out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, D, Dv, scale, m, ns, part,
