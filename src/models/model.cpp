@@ -284,7 +284,7 @@ TensorView CausalLM::forward_logits(const Batch& b, KVCache& pool, const std::ve
   // Decode steps (one new token per sequence) launch the same kernels on the same buffers whenever the batch
   // size, the logit rows, the arena and the KV pool are the same: the backend may record them once as a
   // graph and replay it (step inputs are read from device memory).
-  bool decode = T <= 512 && !tp_.comm && L > 0;
+  bool decode = T <= 512 && (!tp_.comm || tp_.comm->graph_capturable()) && L > 0;
   for (const auto& s : b.segs) decode = decode && s.n == 1;
   uint64_t key = 0;
   if (decode) {

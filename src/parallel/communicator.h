@@ -18,6 +18,9 @@ class Communicator {
   virtual void all_reduce_sum(TensorView x) = 0;
   // out[:, r*C:(r+1)*C] = local of rank r.  // local [R, C] -> out [R, C*size]
   virtual void all_gather_cols(TensorView out, const TensorView& local) = 0;
+  // Whether the collectives are queued on the backend's stream and may be recorded in its CUDA graphs (NCCL:
+  // yes; the in-process group runs on the host: no).
+  virtual bool graph_capturable() const { return false; }
 };
 
 // `size` communicators sharing one in-process group; rank i must be used by exactly one thread, and

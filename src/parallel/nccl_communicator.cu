@@ -40,22 +40,26 @@ struct Clique {
   }
 };
 
-// A device buffer that only grows (cudaMalloc only when a call needs more than it holds).
+// A device buffer that only grows (cudaMalloc only when a call needs more than it holds). A replaced buffer is
+// kept until the communicator goes: decode steps recorded as CUDA graphs still point at it (each graph uses
+// one buffer for its gather and copy-out, and graphs of one stream never overlap, so sharing it is safe).
 struct Scratch {
   float* p = nullptr;
   size_t n = 0;  // floats
-  float* get(size_t want, cudaStream_t s) {
+  std::vector<float*> retired;
+  float* get(size_t want, cudaStream_t /*s*/) {
     if (want <= n) return p;
-    if (p) {
-      CUDA_CHECK(cudaStreamSynchronize(s));  // earlier calls queued on s may still read it
-      cudaFree(p);
-      p = nullptr;
-      n = 0;
-    }
-    const size_t grown = std::max(want, static_cast<size_t>(1) << 16);
+    if (p) retired.push_back(p);
+    const size_t grown = std::max({want, 2 * n, static_cast<size_t>(1) << 16});
     CUDA_CHECK(cudaMalloc(&p, grown * sizeof(float)));
     n = grown;
     return p;
+  }
+  void release() {
+    cudaFree(p);
+    for (float* r : retired) cudaFree(r);
+    p = nullptr;
+    retired.clear();
   }
 };
 
@@ -67,11 +71,14 @@ class NcclComm final : public Communicator {
     // No stream use here: the backend (and its stream) may be gone already. cudaFree waits for the device.
     if (!pack_.p && !gather_.p) return;
     cudaSetDevice(dev_);
-    cudaFree(pack_.p);
-    cudaFree(gather_.p);
+    pack_.release();
+    gather_.release();
   }
   int rank() const override { return rank_; }
   int size() const override { return static_cast<int>(c_->comms.size()); }
+  // Collectives go on the rank's backend stream and need no host work once the pack/gather buffers have
+  // grown (the first, unrecorded run of a decode step grows them), so decode steps are recorded as graphs.
+  bool graph_capturable() const override { return true; }
 
   void all_reduce_sum(TensorView x) override {
     DSFUSE_CHECK(x.dtype == DType::F32 && x.ndim >= 1, "all_reduce_sum: expected an f32 tensor, got ", x.shape_str());

@@ -75,13 +75,24 @@ std::unique_ptr<KVCache> TPGroup::new_cache(int64_t max_tokens) const {
 }
 
 void TPGroup::forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) {
+  run(b, pool, logit_rows, logits, nullptr);
+}
+
+void TPGroup::forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                                   int32_t* ids) {
+  run(b, pool, logit_rows, nullptr, ids);
+}
+
+void TPGroup::run(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits, int32_t* ids) {
   auto& tp = dynamic_cast<TPCache&>(pool);
   // Binding on every call is cheap, and rank 0 runs on the caller's thread, which may have used another GPU
-  // since (loading, cache allocation).
+  // since (loading, cache allocation). Every rank holds the gathered logits; rank 0 returns them, or with ids
+  // their argmax taken on its device.
   auto job = [&](int r) {
     CausalLM& lm = *ranks_[static_cast<size_t>(r)];
     lm.backend().bind_thread();
-    lm.forward_batch(b, tp.rank(r), logit_rows, r == 0 ? logits : nullptr);
+    if (r == 0 && ids) lm.forward_batch_greedy(b, tp.rank(r), logit_rows, ids);
+    else lm.forward_batch(b, tp.rank(r), logit_rows, r == 0 ? logits : nullptr);
   };
   {
     std::lock_guard<std::mutex> lk(mu_);

@@ -36,8 +36,12 @@ class TPGroup final : public BatchModel {
   // Every rank runs the same batch on its own thread (rank 0 on the caller's), each thread bound to its rank's
   // backend first; rank 0 writes the (all-gathered) logits.
   void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) override;
+  // The same with rank 0 taking the greedy choice on its device (only the ids come back to the host).
+  void forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                            int32_t* ids) override;
 
  private:
+  void run(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits, int32_t* ids);
   void worker(int r);
   std::vector<CausalLM*> ranks_;
   Backend& be0_;

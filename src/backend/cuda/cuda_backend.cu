@@ -338,13 +338,15 @@ class CudaBackend final : public Backend {
     graphs_ = !(g && std::string(g) == "0");
     const char* mh = std::getenv("DSFUSE_CUDA_MLA_HEADS");
     mla_heads_ = mh && std::string(mh) == "1";
-    // DSFUSE_CUDA_MLA: tc2 (default: the 8-warp tensor-core kernel of mla_tc.cu; falls back to tc for shapes or
-    // GPUs it does not take), tc (the 4-warp one), segs (per-head FP32 kernel), heads.
+    // DSFUSE_CUDA_MLA: unset = the tensor-core kernels of mla_tc.cu chosen by step size (see
+    // mla_attention_segs); tc2 / tc force the 8-warp / 4-warp one (tc2 falls back to tc for shapes or GPUs it
+    // does not take); segs = the per-head FP32 kernel; heads.
     const char* mk = std::getenv("DSFUSE_CUDA_MLA");
     const std::string mks = mk ? mk : "";
     if (mks == "heads") mla_heads_ = true;
     mla_tc_ = mks != "segs" && mks != "heads";
     mla_tc2_ = mks == "" || mks == "tc2";
+    mla_force_ = mks == "tc2";
     const char* pr = std::getenv("DSFUSE_CUDA_PROFILE");
     profile_ = pr && *pr && std::string(pr) != "0";
     if (profile_ && std::string(pr) == "decode") profile_max_T_ = 256;  // only steps of <= 256 tokens
@@ -357,7 +359,8 @@ class CudaBackend final : public Backend {
     // Split-K attention merges in its last block through these counters (zero between launches);
     // DSFUSE_CUDA_ATTN_MERGE=0: a separate combine kernel instead.
     if (const char* sm = std::getenv("DSFUSE_CUDA_SPLIT_MAX_T"); sm && *sm) split_max_T_ = std::atoll(sm);
-    if (const char* bp = std::getenv("DSFUSE_CUDA_ATTN_BLOCKS_PER_SM"); bp && std::atoi(bp) > 0) attn_bps_ = std::atoi(bp);
+    if (const char* bp = std::getenv("DSFUSE_CUDA_ATTN_BLOCKS_PER_SM"); bp && std::atoi(bp) > 0)
+      attn_bps_ = std::atoi(bp);
     const char* am = std::getenv("DSFUSE_CUDA_ATTN_MERGE");
     attn_merge_ = !(am && std::string(am) == "0");
     CUDA_CHECK(cudaMalloc(&attn_counters_, sizeof(int) * kAttnCounters));
@@ -692,9 +695,9 @@ class CudaBackend final : public Backend {
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
     // Key splits only when tokens x kv heads leave the GPU idle (decode of small batches).
     const int64_t nb = T * Hkv;
-    // (about attn_bps_ blocks of 4 warps per SM, default 8: each warp walks its keys one by one, latency-bound,
-    // so the keys of batched decode steps are split too; DSFUSE_CUDA_ATTN_BLOCKS_PER_SM sets it).
-    const int64_t target = int64_t(attn_bps_) * sms_;
+    // Aim: 8 blocks of 4 warps per SM for steps of <= 8 tokens, 2 above (measured on an H200: a batch of 64
+    // decodes 6,544 tok/s at 2 and 6,003 at 8; DSFUSE_CUDA_ATTN_BLOCKS_PER_SM overrides both).
+    const int64_t target = int64_t(attn_bps_ > 0 ? attn_bps_ : T <= 8 ? 8 : 2) * sms_;
     const int max_split = nb >= target ? 1 : static_cast<int>(std::min<int64_t>(32, (target + nb - 1) / nb));
     float* part = max_split > 1 ? scratch_f(attention_part_floats(T, Hq, int(Dv), max_split)) : nullptr;
     cuda::attention_segs(stream_, out.ptr<float>(), out.stride[0], out.stride[1], q.ptr<float>(), q.stride[0],
@@ -726,7 +729,9 @@ class CudaBackend final : public Backend {
       int64_t max_keys = 0;  // unknown while recording a graph: it is replayed at longer contexts
       if (!capturing_)
         for (const SeqSegment& s : segs) max_keys = std::max(max_keys, s.past + s.n);
-      const bool tc2 = mla_tc2_ && mla_tc2_supported(H, int(R), int(C));  // DSFUSE_CUDA_MLA=tc2
+      // tc2 (8 warps) for batched steps; tc for a few tokens, where it measured ahead (V2-Lite b=1 decode 184 vs
+      // 177 tok/s; 64 x 4096 cache: tc2 881 GB/s vs 777). DSFUSE_CUDA_MLA=tc / tc2 forces one.
+      const bool tc2 = mla_tc2_ && (mla_force_ || T >= 16) && mla_tc2_supported(H, int(R), int(C));
       const int ns = tc2 ? mla_tc2_splits(T, H, max_keys, int(R), int(C), sms_)
                          : mla_tc_splits(T, H, max_keys, int(R), int(C), sms_);
       float* part = scratch_f(mla_tc_part_floats(T, H, int(C), ns));
@@ -1212,8 +1217,9 @@ class CudaBackend final : public Backend {
   int* attn_counters_ = nullptr;
   bool attn_merge_ = true;
   int64_t split_max_T_ = 256;
-  int attn_bps_ = 8;
-  bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false, mla_tc_ = true, mla_tc2_ = false;
+  int attn_bps_ = 0;  // 0: by step size
+  bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false;
+  bool mla_tc_ = true, mla_tc2_ = false, mla_force_ = false;
   int prof_depth_ = 0;
   std::map<std::string, std::pair<int64_t, double>> prof_;
   std::vector<ProfPending> prof_pending_;

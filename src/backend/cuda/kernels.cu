@@ -912,18 +912,24 @@ void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int
                      int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
   const auto* W = static_cast<const uint16_t*>(w.w);
   switch (gemv_split(N)) {
-    case 1: launch(gemv_vec_kernel<TT, 1, SILU>, blocks(N, 8), 256, 0, st, y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
-    case 2: launch(gemv_vec_kernel<TT, 2, SILU>, blocks(N, 4), 256, 0, st, y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
-    default: launch(gemv_vec_kernel<TT, 4, SILU>, blocks(N, 2), 256, 0, st, y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
+    case 1: launch(gemv_vec_kernel<TT, 1, SILU>, blocks(N, 8), 256, 0, st,
+        y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
+    case 2: launch(gemv_vec_kernel<TT, 2, SILU>, blocks(N, 4), 256, 0, st,
+        y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
+    default: launch(gemv_vec_kernel<TT, 4, SILU>, blocks(N, 2), 256, 0, st,
+        y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
   }
 }
 template <int TT, bool SILU>
 void gemv_f8_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int T, const WDesc& w,
                     int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
   switch (gemv_split(N)) {
-    case 1: launch(gemv_f8_kernel<TT, 1, SILU>, blocks(N, 8), 256, 0, st, y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
-    case 2: launch(gemv_f8_kernel<TT, 2, SILU>, blocks(N, 4), 256, 0, st, y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
-    default: launch(gemv_f8_kernel<TT, 4, SILU>, blocks(N, 2), 256, 0, st, y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
+    case 1: launch(gemv_f8_kernel<TT, 1, SILU>, blocks(N, 8), 256, 0, st,
+        y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
+    case 2: launch(gemv_f8_kernel<TT, 2, SILU>, blocks(N, 4), 256, 0, st,
+        y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
+    default: launch(gemv_f8_kernel<TT, 4, SILU>, blocks(N, 2), 256, 0, st,
+        y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
   }
 }
 template <bool SILU>
@@ -1005,7 +1011,8 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
     launch(attention_gqa_kernel<G, DH>, dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, 0, st, 
         out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, D, Dv, scale, m, ns, part,
         merge ? counters : nullptr);
-    if (ns > 1 && !merge) launch(attention_combine_kernel, blocks(T * Hq * Dv), 256, 0, st, out, lo0, lo1, part, T, Hq, Dv, ns);
+    if (ns > 1 && !merge) launch(attention_combine_kernel, blocks(T * Hq * Dv), 256, 0, st,
+        out, lo0, lo1, part, T, Hq, Dv, ns);
   };
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;
@@ -1039,7 +1046,8 @@ void mla_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float
       out, lo0, lo1, qn, lqn0, lqn1, qpe, lqp0, lqp1, lat, ll0, kpe, lk0, w, H, Dn, Dv, R, C, scale, m, nsplit, part);
   check_launch();
   if (nsplit > 1) {
-    launch(mla_finish_kernel, static_cast<unsigned>(T * H), 256, sizeof(float) * C, st, out, lo0, lo1, part, w, H, Dn, Dv,
+    launch(mla_finish_kernel, static_cast<unsigned>(T * H), 256, sizeof(float) * C, st,
+        out, lo0, lo1, part, w, H, Dn, Dv,
                                                                                    C, nsplit);
     check_launch();
   }
@@ -1053,14 +1061,17 @@ void mla_heads(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const floa
                const SegMeta& m, float* part, int nsplit, float* qlat, float* qpe_s) {
   DSFUSE_CHECK(mla_heads_supported(H, R, C), "CUDA MLA (all heads per block): H ", H, ", R ", R, ", C ", C,
                " above 16 / 64 / 512");
-  launch(mla_absorb_kernel, static_cast<unsigned>(T * H), 128, 0, st, qlat, qpe_s, qn, lqn0, lqn1, qpe, lqp0, lqp1, w, H,
+  launch(mla_absorb_kernel, static_cast<unsigned>(T * H), 128, 0, st,
+      qlat, qpe_s, qn, lqn0, lqn1, qpe, lqp0, lqp1, w, H,
                                                                   Dn, Dv, R, C, scale);
   check_launch();
   const size_t shm = sizeof(float) * (kMhKT * (C + 1) + kMhKT * R + kMhH * kMhKT + 3 * kMhH);
-  launch(mla_heads_kernel, dim3(static_cast<unsigned>(T), nsplit), kMhThreads, shm, st, part, qlat, qpe_s, lat, ll0, kpe,
+  launch(mla_heads_kernel, dim3(static_cast<unsigned>(T), nsplit), kMhThreads, shm, st,
+      part, qlat, qpe_s, lat, ll0, kpe,
                                                                                     lk0, int(H), R, C, m, nsplit);
   check_launch();
-  launch(mla_finish_kernel, static_cast<unsigned>(T * H), 256, sizeof(float) * C, st, out, lo0, lo1, part, w, H, Dn, Dv, C,
+  launch(mla_finish_kernel, static_cast<unsigned>(T * H), 256, sizeof(float) * C, st,
+      out, lo0, lo1, part, w, H, Dn, Dv, C,
                                                                                  nsplit);
   check_launch();
 }
