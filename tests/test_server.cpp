@@ -418,7 +418,9 @@ TEST(ServerWebPage, HeadlessChromiumStreamsAnAnswer) {
   std::string why;
   const fs::path js = test::npm_test_dir(&why);
   if (js.empty()) GTEST_SKIP() << why;
-  TestServer s;
+  // Tokens 20 ms apart: on a loaded machine a fast model's whole answer could reach the page in one network
+  // read and be rendered once (seen once in a parallel ctest run), which is not what this test is about.
+  TestServer s({}, {}, /*slow_ms=*/20);
   int rc = 0;
   const std::string out = test::shell("cd " + js.string() + " && timeout 120 node web_page.mjs http://127.0.0.1:" +
                                           std::to_string(s.port) + "/ " + browser,
