@@ -327,6 +327,18 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaGetDeviceCount(&n));
     DSFUSE_CHECK(dev >= 0 && dev < n, "CUDA device ", dev, " not present (", n, " found)");
     CUDA_CHECK(cudaSetDevice(dev_));
+    {  // a GPU this build has no code for fails here with the fix, not at the first kernel
+      cudaFuncAttributes fa{};
+      const cudaError_t fe = cudaFuncGetAttributes(&fa, add_kernel);
+      if (fe != cudaSuccess) {
+        cudaGetLastError();
+        int ma = 0, mi = 0;
+        cudaDeviceGetAttribute(&ma, cudaDevAttrComputeCapabilityMajor, dev_);
+        cudaDeviceGetAttribute(&mi, cudaDevAttrComputeCapabilityMinor, dev_);
+        fail(cat("CUDA device ", dev_, " (compute capability ", ma, ".", mi, "): this build has no kernels for it (",
+                 cudaGetErrorString(fe), "); rebuild with -DCMAKE_CUDA_ARCHITECTURES=", ma, mi));
+      }
+    }
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, dev_));
     CUBLAS_CHECK(cublasCreate(&blas_));
