@@ -25,6 +25,38 @@ DSFUSE_HD inline void route_topk(const float* v, int n, int k, int32_t* out) {
   }
 }
 
+// Score of one expert group (c: its `per` selection values): the sum of its two best (noaux_tc, DeepSeek-V3)
+// or its best (group_limited_greedy, V2).
+DSFUSE_HD inline float route_group_score(const float* c, int per, bool noaux) {
+  if (noaux) {
+    float a = -INFINITY, b = -INFINITY;
+    for (int i = 0; i < per; ++i) {
+      if (c[i] > a) { b = a; a = c[i]; }
+      else if (c[i] > b) b = c[i];
+    }
+    return per >= 2 ? a + b : a;
+  }
+  float a = -INFINITY;
+  for (int i = 0; i < per; ++i) a = fmaxf(a, c[i]);
+  return a;
+}
+
+// Weight of a chosen expert from its gate score and the sum of the chosen scores: V3 (sigmoid) optionally
+// normalises, then always applies the routed scaling factor; V2 (softmax) normalises without rescaling when
+// top_k > 1 and norm_topk_prob, else rescales.
+DSFUSE_HD inline float route_weight(float score, float sum, const RouterParams& p) {
+  float w = score;
+  if (p.sigmoid) {
+    if (p.norm_topk_prob) w /= (sum + 1e-20f);
+    w *= p.routed_scaling_factor;
+  } else if (p.top_k > 1 && p.norm_topk_prob) {
+    w /= (sum + 1e-20f);
+  } else {
+    w *= p.routed_scaling_factor;
+  }
+  return w;
+}
+
 // logits [E] f32; bias [E] or nullptr (V3 e_score_correction_bias, used for selection only).
 // Writes top_k expert ids and their weights. `scratch` holds at least 3*E + n_group floats.
 DSFUSE_HD inline void route_token(const float* logits, const float* bias, const RouterParams& p, int32_t* ids, float* weights,
@@ -46,21 +78,8 @@ DSFUSE_HD inline void route_token(const float* logits, const float* bias, const 
 
   if (p.method != RouterParams::Method::Greedy && p.n_group > 1) {
     const int per = E / p.n_group;
-    for (int g = 0; g < p.n_group; ++g) {
-      const float* c = choice + g * per;
-      if (p.method == RouterParams::Method::NoauxTc) {  // sum of the two best in the group
-        float a = -INFINITY, b = -INFINITY;
-        for (int i = 0; i < per; ++i) {
-          if (c[i] > a) { b = a; a = c[i]; }
-          else if (c[i] > b) b = c[i];
-        }
-        group[g] = per >= 2 ? a + b : a;
-      } else {  // group_limited_greedy: best in the group
-        float a = -INFINITY;
-        for (int i = 0; i < per; ++i) a = fmaxf(a, c[i]);
-        group[g] = a;
-      }
-    }
+    for (int g = 0; g < p.n_group; ++g)
+      group[g] = route_group_score(choice + g * per, per, p.method == RouterParams::Method::NoauxTc);
     int32_t sel[256];
     const int tg = p.topk_group < 256 ? p.topk_group : 256;
     route_topk(group, p.n_group, tg, sel);
@@ -74,14 +93,7 @@ DSFUSE_HD inline void route_token(const float* logits, const float* bias, const 
   route_topk(choice, E, p.top_k, ids);
   float sum = 0;
   for (int j = 0; j < p.top_k; ++j) sum += (weights[j] = scores[ids[j]]);
-  if (p.sigmoid) {  // V3: optional normalisation, then always the routed scaling factor
-    if (p.norm_topk_prob) for (int j = 0; j < p.top_k; ++j) weights[j] /= (sum + 1e-20f);
-    for (int j = 0; j < p.top_k; ++j) weights[j] *= p.routed_scaling_factor;
-  } else if (p.top_k > 1 && p.norm_topk_prob) {  // V2: normalised weights are not rescaled
-    for (int j = 0; j < p.top_k; ++j) weights[j] /= (sum + 1e-20f);
-  } else {
-    for (int j = 0; j < p.top_k; ++j) weights[j] *= p.routed_scaling_factor;
-  }
+  for (int j = 0; j < p.top_k; ++j) weights[j] = route_weight(weights[j], sum, p);
 }
 
 }  // namespace dsfuse

@@ -69,6 +69,76 @@ __device__ __forceinline__ int64_t phys_row(const int32_t* table, int bs, int64_
   return table ? int64_t(table[s / bs]) * bs + s % bs : s;
 }
 
+// ---- dot products of one weight row with up to TT activation rows, one warp per row ----
+
+__device__ __forceinline__ void bf16x8_to_f32(const uint4& v, float f[8]) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(u[i] << 16);
+    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
+
+// acc[t] += sum_k W[row, k] * xr[t][k] for t < nt (lane-partial sums; the caller reduces the warp).
+// Vectorised when the weight is bf16 with K % 8 == 0 and 16-byte aligned rows and inputs.
+template <int TT>
+__device__ __forceinline__ void row_dot(const WDesc& w, int64_t row, int64_t K, const float* const* xr, int nt,
+                                        bool vec, float acc[TT]) {
+  const int lane = threadIdx.x % 32;
+  if (vec) {
+    const uint4* wr = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + row * w.ld);
+    const int64_t K8 = K / 8;
+    for (int64_t i0 = lane; i0 < K8; i0 += 32 * 4) {
+      uint4 wv[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (i0 + 32 * u < K8) wv[u] = __ldg(wr + i0 + 32 * u);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int64_t i = i0 + 32 * u;
+        if (i >= K8) break;
+        float f[8];
+        bf16x8_to_f32(wv[u], f);
+#pragma unroll
+        for (int t = 0; t < TT; ++t) {
+          if (t >= nt) break;
+          const float4 a = reinterpret_cast<const float4*>(xr[t])[2 * i];
+          const float4 b = reinterpret_cast<const float4*>(xr[t])[2 * i + 1];
+          float s = acc[t];
+          s = fmaf(f[0], a.x, s);
+          s = fmaf(f[1], a.y, s);
+          s = fmaf(f[2], a.z, s);
+          s = fmaf(f[3], a.w, s);
+          s = fmaf(f[4], b.x, s);
+          s = fmaf(f[5], b.y, s);
+          s = fmaf(f[6], b.z, s);
+          s = fmaf(f[7], b.w, s);
+          acc[t] = s;
+        }
+      }
+    }
+  } else {
+    for (int64_t k = lane; k < K; k += 32) {
+      const float wv = wload(w, row, k);
+#pragma unroll
+      for (int t = 0; t < TT; ++t)
+        if (t < nt) acc[t] = fmaf(wv, xr[t][k], acc[t]);
+    }
+  }
+}
+
+__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+// Whether row_dot may take its vectorised path for weight `w` and inputs x (row stride ldx) of K columns.
+__host__ __device__ inline bool vec_ok(const WDesc& w, int64_t K, const float* x, int64_t ldx) {
+  return w.type == W_BF16 && K % 8 == 0 && w.ld % 8 == 0 && ldx % 4 == 0 && aligned16(w.w) && aligned16(x);
+}
+
+// Warps per weight row (split K) for the vectorised GEMVs: enough warps in all to fill the GPU (about 32 per SM).
+int gemv_split(int64_t rows);
+
+inline void check_launch() { CUDA_CHECK(cudaGetLastError()); }
+
 inline unsigned blocks(int64_t n, int per = 256) { return static_cast<unsigned>((n + per - 1) / per); }
 
 // ---- programmatic dependent launch (PDL, sm_90+) ----

@@ -177,6 +177,15 @@ __global__ void silu_mul_kernel(float* y, int64_t ldy, const float* g, int64_t l
   y[t * ldy + c] = gv / (1.0f + expf(-gv)) * u[t * ldu + c];
 }
 
+// One rope pair (x0, x1) rotated by the angle pos * inv_freq; cos and sin scaled by cs_scale (RopeTable's).
+__device__ __forceinline__ void rope_pair(float& x0, float& x1, int pos, float inv_freq, float cs_scale) {
+  const float ang = float(pos) * inv_freq;
+  const float c = cosf(ang) * cs_scale, s = sinf(ang) * cs_scale;
+  const float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
+  x0 = y0;
+  x1 = y1;
+}
+
 __global__ void rope_kernel(float* x, int64_t ld0, int64_t ld1, int64_t T, int64_t H, int offset, int half,
                             const float* inv_freq, float cs_scale, int neox, const int32_t* pos) {
   pdl_entry();
@@ -185,12 +194,8 @@ __global__ void rope_kernel(float* x, int64_t ld0, int64_t ld1, int64_t T, int64
   const int p = int(i % half);
   const int64_t h = (i / half) % H, t = i / (half * H);
   float* v = x + t * ld0 + h * ld1 + offset;
-  const float ang = float(pos[t]) * inv_freq[p];
-  const float c = cosf(ang) * cs_scale, s = sinf(ang) * cs_scale;
   const int a = neox ? p : 2 * p, b = neox ? p + half : 2 * p + 1;
-  const float x0 = v[a], x1 = v[b];
-  v[a] = x0 * c - x1 * s;
-  v[b] = x1 * c + x0 * s;
+  rope_pair(v[a], v[b], pos[t], inv_freq[p], cs_scale);
 }
 
 // rope_store_kv: Neox rope of the q and k heads in place, rotated k heads and v written to the cache rows of the
@@ -206,10 +211,8 @@ __global__ void rope_store_kv_kernel(float* qk, int64_t ld0, int64_t Hq, int64_t
     const int p = int(i % half);
     const int64_t h = (i / half) % (Hq + Hkv), t = i / (half * (Hq + Hkv));
     float* x = qk + t * ld0 + h * D;
-    const float ang = float(pos[t]) * inv_freq[p];
-    const float c = cosf(ang) * cs_scale, s = sinf(ang) * cs_scale;
-    const float x0 = x[p], x1 = x[p + half];
-    const float y0 = x0 * c - x1 * s, y1 = x1 * c + x0 * s;
+    float y0 = x[p], y1 = x[p + half];
+    rope_pair(y0, y1, pos[t], inv_freq[p], cs_scale);
     x[p] = y0;
     x[p + half] = y1;
     if (h >= Hq) {
@@ -244,10 +247,8 @@ __global__ void mla_store_kv_kernel(float* kv_a, int64_t lda, int64_t C, int64_t
   }
   for (int64_t p = threadIdx.x; p < R / 2; p += blockDim.x) {
     float* x = row + C;
-    const float ang = float(pos[t]) * inv_freq[p];
-    const float co = cosf(ang) * cs_scale, si = sinf(ang) * cs_scale;
-    const float x0 = x[2 * p], x1 = x[2 * p + 1];
-    const float y0 = x0 * co - x1 * si, y1 = x1 * co + x0 * si;
+    float y0 = x[2 * p], y1 = x[2 * p + 1];
+    rope_pair(y0, y1, pos[t], inv_freq[p], cs_scale);
     x[2 * p] = y0;
     x[2 * p + 1] = y1;
     kpe_c[slot * ldk + 2 * p] = y0;
@@ -356,9 +357,8 @@ class CudaBackend final : public Backend {
     const char* mk = std::getenv("DSFUSE_CUDA_MLA");
     const std::string mks = mk ? mk : "";
     if (mks == "heads") mla_heads_ = true;
-    mla_tc_ = mks != "segs" && mks != "heads";
-    mla_tc2_ = mks == "" || mks == "tc2";
-    mla_force_ = mks == "tc2";
+    mla_kernel_ = mks == "" ? MlaKernel::Auto : mks == "tc2" ? MlaKernel::Tc2
+                : mks == "segs" || mks == "heads" ? MlaKernel::Segs : MlaKernel::Tc;
     const char* pr = std::getenv("DSFUSE_CUDA_PROFILE");
     profile_ = pr && *pr && std::string(pr) != "0";
     if (profile_ && std::string(pr) == "decode") profile_max_T_ = 256;  // only steps of <= 256 tokens
@@ -736,14 +736,15 @@ class CudaBackend final : public Backend {
                       int(R), int(C), scale, seg_meta(segs, T), part, ns, qlat, qpe_s);
       return;
     }
-    if (mla_tc_ && !f32_ && mla_tc_supported(H, int(R), int(C)) &&
+    if (mla_kernel_ != MlaKernel::Segs && !f32_ && mla_tc_supported(H, int(R), int(C)) &&
         mla_tc_aligned(latent.data, latent.stride[0], k_pe.data, k_pe.stride[0])) {  // tensor cores (TF32)
       int64_t max_keys = 0;  // unknown while recording a graph: it is replayed at longer contexts
       if (!capturing_)
         for (const SeqSegment& s : segs) max_keys = std::max(max_keys, s.past + s.n);
       // tc2 (8 warps) for batched steps; tc for a few tokens, where it measured ahead (V2-Lite b=1 decode 184 vs
       // 177 tok/s; 64 x 4096 cache: tc2 881 GB/s vs 777). DSFUSE_CUDA_MLA=tc / tc2 forces one.
-      const bool tc2 = mla_tc2_ && (mla_force_ || T >= 16) && mla_tc2_supported(H, int(R), int(C));
+      const bool tc2 = (mla_kernel_ == MlaKernel::Tc2 || (mla_kernel_ == MlaKernel::Auto && T >= 16)) &&
+                       mla_tc2_supported(H, int(R), int(C));
       const int ns = tc2 ? mla_tc2_splits(T, H, max_keys, int(R), int(C), sms_)
                          : mla_tc_splits(T, H, max_keys, int(R), int(C), sms_);
       float* part = scratch_f(mla_tc_part_floats(T, H, int(C), ns));
@@ -1231,7 +1232,9 @@ class CudaBackend final : public Backend {
   int64_t split_max_T_ = 256;
   int attn_bps_ = 0;  // 0: by step size
   bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false;
-  bool mla_tc_ = true, mla_tc2_ = false, mla_force_ = false;
+  // MLA kernel after the opt-in heads one: Auto = tensor cores, tc2 from 16 tokens per step; Tc / Tc2 forced;
+  // Segs = the FP32 per-head kernel (DSFUSE_CUDA_MLA, read in the constructor).
+  enum class MlaKernel { Auto, Tc, Tc2, Segs } mla_kernel_ = MlaKernel::Auto;
   int prof_depth_ = 0;
   std::map<std::string, std::pair<int64_t, double>> prof_;
   std::vector<ProfPending> prof_pending_;

@@ -10,71 +10,6 @@
 namespace dsfuse::cuda {
 namespace {
 
-// ---- dot products of one weight row with up to TT activation rows, one warp per row ----
-
-__device__ __forceinline__ void bf16x8_to_f32(const uint4& v, float f[8]) {
-  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = __uint_as_float(u[i] << 16);
-    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-  }
-}
-
-// acc[t] += sum_k W[row, k] * xr[t][k] for t < nt (lane-partial sums; the caller reduces the warp).
-// Vectorised when the weight is bf16 with K % 8 == 0 and 16-byte aligned rows and inputs.
-template <int TT>
-__device__ __forceinline__ void row_dot(const WDesc& w, int64_t row, int64_t K, const float* const* xr, int nt,
-                                        bool vec, float acc[TT]) {
-  const int lane = threadIdx.x % 32;
-  if (vec) {
-    const uint4* wr = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + row * w.ld);
-    const int64_t K8 = K / 8;
-    for (int64_t i0 = lane; i0 < K8; i0 += 32 * 4) {
-      uint4 wv[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (i0 + 32 * u < K8) wv[u] = __ldg(wr + i0 + 32 * u);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int64_t i = i0 + 32 * u;
-        if (i >= K8) break;
-        float f[8];
-        bf16x8_to_f32(wv[u], f);
-#pragma unroll
-        for (int t = 0; t < TT; ++t) {
-          if (t >= nt) break;
-          const float4 a = reinterpret_cast<const float4*>(xr[t])[2 * i];
-          const float4 b = reinterpret_cast<const float4*>(xr[t])[2 * i + 1];
-          float s = acc[t];
-          s = fmaf(f[0], a.x, s);
-          s = fmaf(f[1], a.y, s);
-          s = fmaf(f[2], a.z, s);
-          s = fmaf(f[3], a.w, s);
-          s = fmaf(f[4], b.x, s);
-          s = fmaf(f[5], b.y, s);
-          s = fmaf(f[6], b.z, s);
-          s = fmaf(f[7], b.w, s);
-          acc[t] = s;
-        }
-      }
-    }
-  } else {
-    for (int64_t k = lane; k < K; k += 32) {
-      const float wv = wload(w, row, k);
-#pragma unroll
-      for (int t = 0; t < TT; ++t)
-        if (t < nt) acc[t] = fmaf(wv, xr[t][k], acc[t]);
-    }
-  }
-}
-
-__host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-// Whether row_dot may take its vectorised path for weight `w` and inputs x (row stride ldx) of K columns.
-__host__ __device__ inline bool vec_ok(const WDesc& w, int64_t K, const float* x, int64_t ldx) {
-  return w.type == W_BF16 && K % 8 == 0 && w.ld % 8 == 0 && ldx % 4 == 0 && aligned16(w.w) && aligned16(x);
-}
-
 template <int TT>
 __global__ void __launch_bounds__(256) gemv_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
                                                    int64_t N, int64_t K, int T, const void* bias, int btype,
@@ -123,114 +58,15 @@ __global__ void __launch_bounds__(256) gemv_silu_kernel(float* y, int64_t ldy, c
   }
 }
 
-// Vectorised decode GEMV for bf16 weights (vec_ok): y[t, n] = x[t] . W[n] (+ b), or with SILU
-// y[t, n] = silu(x[t] . W[n]) * (x[t] . W[n + up]) over a stacked gate/up weight. Eight warps per block; S warps
-// share a row (split K, summed through shared memory) so that small layers still put enough loads in flight;
-// each lane keeps kGvU 16-byte weight loads in flight. The first batch of weight loads is issued before
-// pdl_wait(): the weights are constant, so a kernel launched behind the previous one streams its weights while
-// that one drains.
+// Vectorised decode GEMV: y[t, n] = x[t] . W[n] (+ b), or with SILU y[t, n] = silu(x[t] . W[n]) * (x[t] . W[n + up])
+// over a stacked gate/up weight. bf16 weights (vec_ok): 8 per 16-byte load; F8: FP8 (e4m3) codes with block
+// scales (f8_vec_ok: K % 16 == 0, 16-byte aligned rows, bc % 16 == 0 so a load never straddles two scale
+// blocks), 16 per load, dequantised exactly as the reference does (code x block scale, rounded to bf16).
+// Eight warps per block; S warps share a row (split K, summed through shared memory) so that small layers still
+// put enough loads in flight; each lane keeps kGvU 16-byte weight loads in flight. The first batch of weight
+// loads is issued before pdl_wait(): the weights are constant, so a kernel launched behind the previous one
+// streams its weights while that one drains.
 constexpr int kGvU = 8;
-template <int TT, int S, bool SILU>
-__global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, const float* x, int64_t ldx,
-                                                       const uint16_t* W, int64_t ldw, int64_t N, int64_t K, int T,
-                                                       const void* bias, int btype, int64_t up) {
-  constexpr int U = SILU ? kGvU / 2 : kGvU;  // loads per row in flight (two rows with SILU)
-  __shared__ float red[8][SILU ? 2 * TT : TT];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t n = int64_t(blockIdx.x) * (8 / S) + warp / S;
-  const int ks = warp % S;
-  const bool live = n < N;
-  const int64_t K8 = K / 8, step = 32 * S;
-  const uint4* wg = reinterpret_cast<const uint4*>(W + (live ? n : 0) * ldw);
-  const uint4* wu = reinterpret_cast<const uint4*>(W + ((live ? n : 0) + (SILU ? up : 0)) * ldw);
-  uint4 a[U], b[U];
-  int64_t ib = ks * 32 + lane;
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t i = ib + u * step;
-    if (live && i < K8) {
-      a[u] = __ldg(wg + i);
-      if (SILU) b[u] = __ldg(wu + i);
-    }
-  }
-  pdl_entry();
-  float ag[TT], au[TT];
-#pragma unroll
-  for (int t = 0; t < TT; ++t) ag[t] = au[t] = 0.0f;
-  while (live && ib < K8) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t i = ib + u * step;
-      if (i >= K8) break;
-      float f[8], g[8];
-      bf16x8_to_f32(a[u], f);
-      if (SILU) bf16x8_to_f32(b[u], g);
-#pragma unroll
-      for (int t = 0; t < TT; ++t) {
-        if (t >= T) break;
-        const float4 p = reinterpret_cast<const float4*>(x + t * ldx)[2 * i];
-        const float4 q = reinterpret_cast<const float4*>(x + t * ldx)[2 * i + 1];
-        float s = ag[t];
-        s = fmaf(f[0], p.x, s); s = fmaf(f[1], p.y, s); s = fmaf(f[2], p.z, s); s = fmaf(f[3], p.w, s);
-        s = fmaf(f[4], q.x, s); s = fmaf(f[5], q.y, s); s = fmaf(f[6], q.z, s); s = fmaf(f[7], q.w, s);
-        ag[t] = s;
-        if (SILU) {
-          float r = au[t];
-          r = fmaf(g[0], p.x, r); r = fmaf(g[1], p.y, r); r = fmaf(g[2], p.z, r); r = fmaf(g[3], p.w, r);
-          r = fmaf(g[4], q.x, r); r = fmaf(g[5], q.y, r); r = fmaf(g[6], q.z, r); r = fmaf(g[7], q.w, r);
-          au[t] = r;
-        }
-      }
-    }
-    ib += U * step;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t i = ib + u * step;
-      if (i < K8) {
-        a[u] = __ldg(wg + i);
-        if (SILU) b[u] = __ldg(wu + i);
-      }
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < TT; ++t) {
-    ag[t] = warp_sum(ag[t]);
-    if (SILU) au[t] = warp_sum(au[t]);
-  }
-  if (S > 1) {
-    if (lane == 0) {
-#pragma unroll
-      for (int t = 0; t < TT; ++t) {
-        red[warp][t] = ag[t];
-        if (SILU) red[warp][TT + t] = au[t];
-      }
-    }
-    __syncthreads();
-    if (ks != 0) return;
-#pragma unroll
-    for (int t = 0; t < TT; ++t) {
-      float sg = 0.0f, su = 0.0f;
-#pragma unroll
-      for (int j = 0; j < S; ++j) {
-        sg += red[warp + j][t];
-        if (SILU) su += red[warp + j][TT + t];
-      }
-      ag[t] = sg;
-      au[t] = su;
-    }
-  }
-  if (!live || lane != 0) return;
-  const float bv = !SILU && bias ? vload(bias, btype, n) : 0.0f;
-#pragma unroll
-  for (int t = 0; t < TT; ++t) {
-    if (t >= T) break;
-    y[t * ldy + n] = SILU ? ag[t] / (1.0f + expf(-ag[t])) * au[t] : ag[t] + bv;
-  }
-}
-
-// FP8 (e4m3) weights with block scales, dequantised on load exactly as the reference does (the product of the
-// code and its block's scale rounded to bf16), 16 weights per 16-byte load; otherwise as gemv_vec_kernel.
-// Needs K % 16 == 0, 16-byte aligned rows and bc % 16 == 0 (a load never straddles two scale blocks).
 __device__ __forceinline__ void f8x16_to_f32(const uint4& v, float s, float f[16]) {
   const uint32_t u[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -240,29 +76,30 @@ __device__ __forceinline__ void f8x16_to_f32(const uint4& v, float s, float f[16
       f[4 * i + b] = round_bf16_dev(f8e4m3_to_f32_dev(static_cast<uint8_t>(u[i] >> (8 * b))) * s);
   }
 }
-template <int TT, int S, bool SILU>
-__global__ void __launch_bounds__(256) gemv_f8_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
-                                                      int64_t N, int64_t K, int T, const void* bias, int btype,
-                                                      int64_t up) {
-  constexpr int U = SILU ? kGvU / 2 : kGvU;
+template <int TT, int S, bool SILU, bool F8>
+__global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
+                                                       int64_t N, int64_t K, int T, const void* bias, int btype,
+                                                       int64_t up) {
+  constexpr int U = SILU ? kGvU / 2 : kGvU;  // loads per row in flight (two rows with SILU)
+  constexpr int EPL = F8 ? 16 : 8;           // weights per 16-byte load
   __shared__ float red[8][SILU ? 2 * TT : TT];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * (8 / S) + warp / S;
   const int ks = warp % S;
   const bool live = n < N;
-  const int64_t K16 = K / 16, step = 32 * S;
+  const int64_t KV = K / EPL, step = 32 * S;
   const int64_t ng = live ? n : 0, nu = ng + (SILU ? up : 0);
-  const uint8_t* W = static_cast<const uint8_t*>(w.w);
-  const uint4* wg = reinterpret_cast<const uint4*>(W + ng * w.ld);
-  const uint4* wu = reinterpret_cast<const uint4*>(W + nu * w.ld);
-  const float* sg = w.scale + (ng / w.br) * w.sc_cols;
-  const float* su = w.scale + (nu / w.br) * w.sc_cols;
+  const char* W = static_cast<const char*>(w.w);
+  const uint4* wg = reinterpret_cast<const uint4*>(W + ng * w.ld * (F8 ? 1 : 2));
+  const uint4* wu = reinterpret_cast<const uint4*>(W + nu * w.ld * (F8 ? 1 : 2));
+  const float* sg = F8 ? w.scale + (ng / w.br) * w.sc_cols : nullptr;
+  const float* su = F8 ? w.scale + (nu / w.br) * w.sc_cols : nullptr;
   uint4 a[U], b[U];
   int64_t ib = ks * 32 + lane;
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const int64_t i = ib + u * step;
-    if (live && i < K16) {
+    if (live && i < KV) {
       a[u] = __ldg(wg + i);
       if (SILU) b[u] = __ldg(wu + i);
     }
@@ -271,21 +108,26 @@ __global__ void __launch_bounds__(256) gemv_f8_kernel(float* y, int64_t ldy, con
   float ag[TT], au[TT];
 #pragma unroll
   for (int t = 0; t < TT; ++t) ag[t] = au[t] = 0.0f;
-  while (live && ib < K16) {
+  while (live && ib < KV) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t i = ib + u * step;
-      if (i >= K16) break;
-      float f[16], g[16];
-      f8x16_to_f32(a[u], __ldg(sg + (16 * i) / w.bc), f);
-      if (SILU) f8x16_to_f32(b[u], __ldg(su + (16 * i) / w.bc), g);
+      if (i >= KV) break;
+      float f[EPL], g[EPL];
+      if constexpr (F8) {
+        f8x16_to_f32(a[u], __ldg(sg + (16 * i) / w.bc), f);
+        if (SILU) f8x16_to_f32(b[u], __ldg(su + (16 * i) / w.bc), g);
+      } else {
+        bf16x8_to_f32(a[u], f);
+        if (SILU) bf16x8_to_f32(b[u], g);
+      }
 #pragma unroll
       for (int t = 0; t < TT; ++t) {
         if (t >= T) break;
-        const float4* xp = reinterpret_cast<const float4*>(x + t * ldx) + 4 * i;
+        const float4* xp = reinterpret_cast<const float4*>(x + t * ldx) + (EPL / 4) * i;
         float s = ag[t], r = au[t];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < EPL / 4; ++q) {
           const float4 p = xp[q];
           s = fmaf(f[4 * q], p.x, s); s = fmaf(f[4 * q + 1], p.y, s);
           s = fmaf(f[4 * q + 2], p.z, s); s = fmaf(f[4 * q + 3], p.w, s);
@@ -302,7 +144,7 @@ __global__ void __launch_bounds__(256) gemv_f8_kernel(float* y, int64_t ldy, con
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t i = ib + u * step;
-      if (i < K16) {
+      if (i < KV) {
         a[u] = __ldg(wg + i);
         if (SILU) b[u] = __ldg(wu + i);
       }
@@ -325,14 +167,14 @@ __global__ void __launch_bounds__(256) gemv_f8_kernel(float* y, int64_t ldy, con
     if (ks != 0) return;
 #pragma unroll
     for (int t = 0; t < TT; ++t) {
-      float s1 = 0.0f, s2 = 0.0f;
+      float sg2 = 0.0f, su2 = 0.0f;
 #pragma unroll
       for (int j = 0; j < S; ++j) {
-        s1 += red[warp + j][t];
-        if (SILU) s2 += red[warp + j][TT + t];
+        sg2 += red[warp + j][t];
+        if (SILU) su2 += red[warp + j][TT + t];
       }
-      ag[t] = s1;
-      au[t] = s2;
+      ag[t] = sg2;
+      au[t] = su2;
     }
   }
   if (!live || lane != 0) return;
@@ -887,8 +729,6 @@ __global__ void read_probe_kernel(const uint4* p, int64_t n, uint32_t* sink) {
   if (acc == 0x9e3779b9u) *sink = acc;  // keeps the loads alive
 }
 
-void check_launch() { CUDA_CHECK(cudaGetLastError()); }
-
 bool g_pdl = false;
 
 }  // namespace
@@ -896,8 +736,6 @@ bool g_pdl = false;
 bool pdl_enabled() { return g_pdl; }
 void set_pdl_enabled(bool on) { g_pdl = on; }
 
-namespace {
-// Warps per row for the vectorised GEMV: enough warps in all to fill the GPU (about 32 per SM).
 int gemv_split(int64_t rows) {
   static int sms = [] {
     int dev = 0, n = 0;
@@ -907,59 +745,40 @@ int gemv_split(int64_t rows) {
   }();
   return rows >= 32LL * sms ? 1 : rows >= 16LL * sms ? 2 : 4;
 }
-template <int TT, bool SILU>
+
+namespace {
+template <int TT, bool SILU, bool F8>
 void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int T, const WDesc& w,
                      int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
-  const auto* W = static_cast<const uint16_t*>(w.w);
   switch (gemv_split(N)) {
-    case 1: launch(gemv_vec_kernel<TT, 1, SILU>, blocks(N, 8), 256, 0, st,
-        y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
-    case 2: launch(gemv_vec_kernel<TT, 2, SILU>, blocks(N, 4), 256, 0, st,
-        y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
-    default: launch(gemv_vec_kernel<TT, 4, SILU>, blocks(N, 2), 256, 0, st,
-        y, ldy, x, ldx, W, w.ld, N, K, T, bias, btype, up); break;
-  }
-}
-template <int TT, bool SILU>
-void gemv_f8_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int T, const WDesc& w,
-                    int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
-  switch (gemv_split(N)) {
-    case 1: launch(gemv_f8_kernel<TT, 1, SILU>, blocks(N, 8), 256, 0, st,
+    case 1: launch(gemv_vec_kernel<TT, 1, SILU, F8>, blocks(N, 8), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
-    case 2: launch(gemv_f8_kernel<TT, 2, SILU>, blocks(N, 4), 256, 0, st,
+    case 2: launch(gemv_vec_kernel<TT, 2, SILU, F8>, blocks(N, 4), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
-    default: launch(gemv_f8_kernel<TT, 4, SILU>, blocks(N, 2), 256, 0, st,
+    default: launch(gemv_vec_kernel<TT, 4, SILU, F8>, blocks(N, 2), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
   }
 }
-template <bool SILU>
-void gemv_f8(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
-             int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
-  if (T <= 1) gemv_f8_launch<1, SILU>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
-  else if (T <= 2) gemv_f8_launch<2, SILU>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
-  else if (T <= 4) gemv_f8_launch<4, SILU>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
-  else gemv_f8_launch<8, SILU>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
+template <bool SILU, bool F8>
+void gemv_vec(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
+              int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
+  if (T <= 1) gemv_vec_launch<1, SILU, F8>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
+  else if (T <= 2) gemv_vec_launch<2, SILU, F8>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
+  else if (T <= 4) gemv_vec_launch<4, SILU, F8>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
+  else gemv_vec_launch<8, SILU, F8>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
 }
-// FP8 block weights the vectorised FP8 GEMV can take.
+// FP8 block weights the vectorised GEMV can take.
 bool f8_vec_ok(const WDesc& w, int64_t K, const float* x, int64_t ldx) {
   return w.type == W_F8 && w.scale && K % 16 == 0 && w.ld % 16 == 0 && w.bc % 16 == 0 && ldx % 4 == 0 &&
          aligned16(w.w) && aligned16(x);
-}
-template <bool SILU>
-void gemv_vec(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
-              int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
-  if (T <= 1) gemv_vec_launch<1, SILU>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
-  else if (T <= 2) gemv_vec_launch<2, SILU>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
-  else if (T <= 4) gemv_vec_launch<4, SILU>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
-  else gemv_vec_launch<8, SILU>(st, y, ldy, x, ldx, int(T), w, N, K, bias, btype, up);
 }
 }  // namespace
 
 void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w, int64_t N,
           int64_t K, const void* bias, int btype) {
   const bool vec = vec_ok(w, K, x, ldx);
-  if (vec) return gemv_vec<false>(st, y, ldy, x, ldx, T, w, N, K, bias, btype, 0);
-  if (f8_vec_ok(w, K, x, ldx)) return gemv_f8<false>(st, y, ldy, x, ldx, T, w, N, K, bias, btype, 0);
+  if (vec) return gemv_vec<false, false>(st, y, ldy, x, ldx, T, w, N, K, bias, btype, 0);
+  if (f8_vec_ok(w, K, x, ldx)) return gemv_vec<false, true>(st, y, ldy, x, ldx, T, w, N, K, bias, btype, 0);
   const unsigned g = blocks(N, 8);
   if (T <= 1) launch(gemv_kernel<1>, g, 256, 0, st, y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
   else if (T <= 2) launch(gemv_kernel<2>, g, 256, 0, st, y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
@@ -971,8 +790,8 @@ void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, i
 void gemv_silu(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
                int64_t I, int64_t K) {
   const bool vec = vec_ok(w, K, x, ldx);
-  if (vec) return gemv_vec<true>(st, y, ldy, x, ldx, T, w, I, K, nullptr, 0, I);
-  if (f8_vec_ok(w, K, x, ldx)) return gemv_f8<true>(st, y, ldy, x, ldx, T, w, I, K, nullptr, 0, I);
+  if (vec) return gemv_vec<true, false>(st, y, ldy, x, ldx, T, w, I, K, nullptr, 0, I);
+  if (f8_vec_ok(w, K, x, ldx)) return gemv_vec<true, true>(st, y, ldy, x, ldx, T, w, I, K, nullptr, 0, I);
   const unsigned g = blocks(I, 8);
   if (T <= 1) launch(gemv_silu_kernel<1>, g, 256, 0, st, y, ldy, x, ldx, w, I, K, int(T), vec);
   else if (T <= 2) launch(gemv_silu_kernel<2>, g, 256, 0, st, y, ldy, x, ldx, w, I, K, int(T), vec);

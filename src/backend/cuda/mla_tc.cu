@@ -693,22 +693,37 @@ const TcDevice& tc_device() {
   return d;
 }
 
-}  // namespace
+// The two decode kernels differ in their block shape, shared memory and split rule; the rest is shared.
+struct TcVariant {
+  decltype(&mla_tc_kernel) kernel;
+  int threads;
+  size_t (*smem)(int C, int R);
+  int tile_keys, tiles_per_split, max_splits;  // a split covers >= tiles_per_split tiles when the context is known
+  std::atomic<uint64_t>* opted;                // devices whose shared-memory opt-in is done (bit per device)
+  const char* name;
+};
+std::atomic<uint64_t> g_opted_tc{0}, g_opted_tc2{0};
+const TcVariant kTc{mla_tc_kernel, kTcThreads, tc_smem_bytes, kTcNT, 1, 64, &g_opted_tc, "tensor cores"};
+const TcVariant kTc2{mla_tc2_kernel, kT2Threads, tc2_smem_bytes, kT2NT, 8, 128, &g_opted_tc2, "tensor cores, tc2"};
 
-bool mla_tc_supported(int64_t H, int R, int C) {
+bool variant_supported(const TcVariant& v, int64_t H, int R, int C) {
   if (H < 1 || C < 8 || C > kTcMaxC || C % 8 != 0 || R < 8 || R > kTcMaxR || R % 8 != 0) return false;
   const TcDevice& d = tc_device();
-  return d.major >= 8 && size_t(d.optin) >= tc_smem_bytes(kTcMaxC, kTcMaxR);  // the launcher opts in to this
+  return d.major >= 8 && size_t(d.optin) >= v.smem(kTcMaxC, kTcMaxR);  // the launcher opts in to this
 }
 
-int mla_tc_splits(int64_t T, int64_t H, int64_t max_keys, int R, int C, int sms) {
+int variant_splits(const TcVariant& v, int64_t T, int64_t H, int64_t max_keys, int R, int C, int sms) {
   const int64_t G = (H + kTcHeads - 1) / kTcHeads, base = T * G;
   // Resident blocks per SM: 228 KiB of shared memory per SM, 1 KiB reserved per block (sm_80 / sm_90).
-  const int64_t per_sm = std::max<int64_t>(1, (228 * 1024) / int64_t(tc_smem_bytes(C, R) + 1024));
+  const int64_t per_sm = std::max<int64_t>(1, (228 * 1024) / int64_t(v.smem(C, R) + 1024));
   const int64_t wave = std::max<int64_t>(1, int64_t(sms) * per_sm);
-  // At most 64 splits, and (when the longest context is known) no more splits than tiles of keys.
-  const int64_t tiles = max_keys > 0 ? std::max<int64_t>(1, (max_keys + kTcNT - 1) / kTcNT) : 64;
-  const int64_t max_ns = std::min<int64_t>({64, tiles, std::max<int64_t>(1, (2 * wave + base - 1) / base)});
+  // At most max_splits, and (when the longest context is known) >= tiles_per_split tiles of keys per split, so
+  // that the pipeline fill, the Q fragments and the merge stay small next to the streaming.
+  const int64_t tiles =
+      max_keys > 0 ? std::max<int64_t>(1, (max_keys + v.tile_keys - 1) / v.tile_keys / v.tiles_per_split)
+                   : v.max_splits;
+  const int64_t max_ns =
+      std::min<int64_t>({int64_t(v.max_splits), tiles, std::max<int64_t>(1, (2 * wave + base - 1) / base)});
   // Fewest splits whose blocks fill >= 90% of the waves they occupy; else the best filling.
   int64_t best = 1;
   double best_eff = 0.0;
@@ -719,97 +734,63 @@ int mla_tc_splits(int64_t T, int64_t H, int64_t max_keys, int R, int C, int sms)
     if (eff > best_eff + 1e-9) best = ns, best_eff = eff;
   }
   return int(best);
+}
+
+void variant_run(const TcVariant& v, cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn,
+                 int64_t lqn0, int64_t lqn1, const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat,
+                 int64_t ll0, const float* kpe, int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv,
+                 int R, int C, float scale, const SegMeta& m, float* part, int nsplit, float* qcat) {
+  DSFUSE_CHECK(variant_supported(v, H, R, C), "CUDA MLA (", v.name, "): unsupported H ", H, ", R ", R, ", C ", C);
+  DSFUSE_CHECK(mla_tc_aligned(lat, ll0, kpe, lk0), "CUDA MLA (tensor cores): cache rows not 16-byte aligned");
+  DSFUSE_CHECK(nsplit >= 1, "CUDA MLA (tensor cores): nsplit ", nsplit);
+  if (T <= 0) return;
+  const int Hi = static_cast<int>(H);
+  const unsigned tchunks = static_cast<unsigned>((T + kAbTok - 1) / kAbTok);
+  launch(mla_tc_absorb_kernel, dim3(tchunks * unsigned(Hi)), 256, sizeof(float) * kAbTok * Dn, st, qcat, qn, lqn0,
+         lqn1, qpe, lqp0, lqp1, w, T, Hi, Dn, Dv, R, C, scale);
+  {  // opt in to the largest shared memory any supported shape needs, once per device
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
+    if (!bit || !(v.opted->load() & bit)) {
+      CUDA_CHECK(cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(v.smem(kTcMaxC, kTcMaxR))));
+      v.opted->fetch_or(bit);
+    }
+  }
+  const int64_t G = (H + kTcHeads - 1) / kTcHeads;
+  launch(v.kernel, dim3(static_cast<unsigned>(T * G * nsplit)), v.threads, v.smem(C, R), st, part,
+         static_cast<const float*>(qcat), lat, ll0, kpe, lk0, Hi, R, C, m, nsplit);
+  const unsigned fchunks = static_cast<unsigned>((T + kFinTok - 1) / kFinTok);
+  launch(mla_tc_finish_kernel, dim3(fchunks * unsigned(Hi)), 256, sizeof(float) * kFinTok * (C + nsplit), st, out, lo0,
+         lo1, static_cast<const float*>(part), w, T, Hi, Dn, Dv, C, nsplit);
+}
+
+}  // namespace
+
+bool mla_tc_supported(int64_t H, int R, int C) { return variant_supported(kTc, H, R, C); }
+bool mla_tc2_supported(int64_t H, int R, int C) { return variant_supported(kTc2, H, R, C); }
+
+int mla_tc_splits(int64_t T, int64_t H, int64_t max_keys, int R, int C, int sms) {
+  return variant_splits(kTc, T, H, max_keys, R, C, sms);
+}
+int mla_tc2_splits(int64_t T, int64_t H, int64_t max_keys, int R, int C, int sms) {
+  return variant_splits(kTc2, T, H, max_keys, R, C, sms);
 }
 
 void mla_tc(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
             const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
             int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
             const SegMeta& m, float* part, int nsplit, float* qcat) {
-  DSFUSE_CHECK(mla_tc_supported(H, R, C), "CUDA MLA (tensor cores): unsupported H ", H, ", R ", R, ", C ", C);
-  DSFUSE_CHECK(mla_tc_aligned(lat, ll0, kpe, lk0), "CUDA MLA (tensor cores): cache rows not 16-byte aligned");
-  DSFUSE_CHECK(nsplit >= 1, "CUDA MLA (tensor cores): nsplit ", nsplit);
-  if (T <= 0) return;
-  const int Hi = static_cast<int>(H);
-  const unsigned tchunks = static_cast<unsigned>((T + kAbTok - 1) / kAbTok);
-  launch(mla_tc_absorb_kernel, dim3(tchunks * unsigned(Hi)), 256, sizeof(float) * kAbTok * Dn, st, qcat, qn, lqn0,
-         lqn1, qpe, lqp0, lqp1, w, T, Hi, Dn, Dv, R, C, scale);
-  const size_t shm = tc_smem_bytes(C, R);
-  {  // opt in to the largest shared memory any supported shape needs, once per device
-    static std::atomic<uint64_t> opted{0};
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
-    if (!bit || !(opted.load() & bit)) {
-      CUDA_CHECK(cudaFuncSetAttribute(mla_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(tc_smem_bytes(kTcMaxC, kTcMaxR))));
-      opted.fetch_or(bit);
-    }
-  }
-  const int64_t G = (H + kTcHeads - 1) / kTcHeads;
-  launch(mla_tc_kernel, dim3(static_cast<unsigned>(T * G * nsplit)), kTcThreads, shm, st, part,
-         static_cast<const float*>(qcat), lat, ll0, kpe, lk0, Hi, R, C, m, nsplit);
-  const unsigned fchunks = static_cast<unsigned>((T + kFinTok - 1) / kFinTok);
-  launch(mla_tc_finish_kernel, dim3(fchunks * unsigned(Hi)), 256, sizeof(float) * kFinTok * (C + nsplit), st, out, lo0,
-         lo1, static_cast<const float*>(part), w, T, Hi, Dn, Dv, C, nsplit);
+  variant_run(kTc, st, out, lo0, lo1, qn, lqn0, lqn1, qpe, lqp0, lqp1, lat, ll0, kpe, lk0, w, T, H, Dn, Dv, R, C,
+              scale, m, part, nsplit, qcat);
 }
-
-bool mla_tc2_supported(int64_t H, int R, int C) {
-  if (H < 1 || C < 8 || C > kTcMaxC || C % 8 != 0 || R < 8 || R > kTcMaxR || R % 8 != 0) return false;
-  const TcDevice& d = tc_device();
-  return d.major >= 8 && size_t(d.optin) >= tc2_smem_bytes(kTcMaxC, kTcMaxR);  // the launcher opts in to this
-}
-
-int mla_tc2_splits(int64_t T, int64_t H, int64_t max_keys, int R, int C, int sms) {
-  const int64_t G = (H + kTcHeads - 1) / kTcHeads, base = T * G;
-  // Resident blocks per SM: 228 KiB of shared memory per SM, 1 KiB reserved per block (1 for C + R = 576).
-  const int64_t per_sm = std::max<int64_t>(1, (228 * 1024) / int64_t(tc2_smem_bytes(C, R) + 1024));
-  const int64_t wave = std::max<int64_t>(1, int64_t(sms) * per_sm);
-  // At most 128 splits, and (when the longest context is known) >= 8 tiles of keys per split, so that the
-  // pipeline fill, the Q fragments and the merge stay small next to the streaming.
-  const int64_t tiles = max_keys > 0 ? std::max<int64_t>(1, (max_keys + kT2NT - 1) / kT2NT / 8) : 128;
-  const int64_t max_ns = std::min<int64_t>({128, tiles, std::max<int64_t>(1, (2 * wave + base - 1) / base)});
-  // Fewest splits whose blocks fill >= 90% of the waves they occupy; else the best filling.
-  int64_t best = 1;
-  double best_eff = 0.0;
-  for (int64_t ns = 1; ns <= max_ns; ++ns) {
-    const int64_t nb = base * ns;
-    const double eff = double(nb) / double((nb + wave - 1) / wave * wave);
-    if (eff >= 0.9) return int(ns);
-    if (eff > best_eff + 1e-9) best = ns, best_eff = eff;
-  }
-  return int(best);
-}
-
 void mla_tc2(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* qn, int64_t lqn0, int64_t lqn1,
              const float* qpe, int64_t lqp0, int64_t lqp1, const float* lat, int64_t ll0, const float* kpe,
              int64_t lk0, const WDesc& w, int64_t T, int64_t H, int Dn, int Dv, int R, int C, float scale,
              const SegMeta& m, float* part, int nsplit, float* qcat) {
-  DSFUSE_CHECK(mla_tc2_supported(H, R, C), "CUDA MLA (tensor cores, tc2): unsupported H ", H, ", R ", R, ", C ", C);
-  DSFUSE_CHECK(mla_tc_aligned(lat, ll0, kpe, lk0), "CUDA MLA (tensor cores): cache rows not 16-byte aligned");
-  DSFUSE_CHECK(nsplit >= 1, "CUDA MLA (tensor cores): nsplit ", nsplit);
-  if (T <= 0) return;
-  const int Hi = static_cast<int>(H);
-  const unsigned tchunks = static_cast<unsigned>((T + kAbTok - 1) / kAbTok);
-  launch(mla_tc_absorb_kernel, dim3(tchunks * unsigned(Hi)), 256, sizeof(float) * kAbTok * Dn, st, qcat, qn, lqn0,
-         lqn1, qpe, lqp0, lqp1, w, T, Hi, Dn, Dv, R, C, scale);
-  const size_t shm = tc2_smem_bytes(C, R);
-  {  // opt in to the largest shared memory any supported shape needs, once per device
-    static std::atomic<uint64_t> opted{0};
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
-    if (!bit || !(opted.load() & bit)) {
-      CUDA_CHECK(cudaFuncSetAttribute(mla_tc2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(tc2_smem_bytes(kTcMaxC, kTcMaxR))));
-      opted.fetch_or(bit);
-    }
-  }
-  const int64_t G = (H + kTcHeads - 1) / kTcHeads;
-  launch(mla_tc2_kernel, dim3(static_cast<unsigned>(T * G * nsplit)), kT2Threads, shm, st, part,
-         static_cast<const float*>(qcat), lat, ll0, kpe, lk0, Hi, R, C, m, nsplit);
-  const unsigned fchunks = static_cast<unsigned>((T + kFinTok - 1) / kFinTok);
-  launch(mla_tc_finish_kernel, dim3(fchunks * unsigned(Hi)), 256, sizeof(float) * kFinTok * (C + nsplit), st, out, lo0,
-         lo1, static_cast<const float*>(part), w, T, Hi, Dn, Dv, C, nsplit);
+  variant_run(kTc2, st, out, lo0, lo1, qn, lqn0, lqn1, qpe, lqp0, lqp1, lat, ll0, kpe, lk0, w, T, H, Dn, Dv, R, C,
+              scale, m, part, nsplit, qcat);
 }
 
 }  // namespace dsfuse::cuda

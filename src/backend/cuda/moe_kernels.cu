@@ -10,71 +10,6 @@
 namespace dsfuse::cuda {
 namespace {
 
-// ---- helpers (copies of kernels.cu's, which live in that file's anonymous namespace) ----
-
-__device__ __forceinline__ void moe_bf16x8_to_f32(const uint4& v, float f[8]) {
-  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    f[2 * i] = __uint_as_float(u[i] << 16);
-    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-  }
-}
-
-__host__ __device__ inline bool moe_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-// bf16 weight with K % 8 == 0 and 16-byte aligned rows, f32 inputs (row stride ldx) with 16-byte aligned rows.
-__host__ __device__ inline bool moe_vec_ok(const WDesc& w, int64_t K, const float* x, int64_t ldx) {
-  return w.type == W_BF16 && K % 8 == 0 && w.ld % 8 == 0 && ldx % 4 == 0 && moe_aligned16(w.w) && moe_aligned16(x);
-}
-
-// acc[t] += sum_k W[row, k] * xr[t][k] for t < nt (lane-partial sums; the caller reduces the warp). The generic
-// path of the expert kernels (FP8 / f32 / f16 weights, unaligned bf16); vectorised when `vec` (moe_vec_ok).
-template <int TT>
-__device__ __forceinline__ void moe_row_dot(const WDesc& w, int64_t row, int64_t K, const float* const* xr, int nt,
-                                            bool vec, float acc[TT]) {
-  const int lane = threadIdx.x % 32;
-  if (vec) {
-    const uint4* wr = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + row * w.ld);
-    const int64_t K8 = K / 8;
-    for (int64_t i0 = lane; i0 < K8; i0 += 32 * 4) {
-      uint4 wv[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u)
-        if (i0 + 32 * u < K8) wv[u] = __ldg(wr + i0 + 32 * u);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int64_t i = i0 + 32 * u;
-        if (i >= K8) break;
-        float f[8];
-        moe_bf16x8_to_f32(wv[u], f);
-#pragma unroll
-        for (int t = 0; t < TT; ++t) {
-          if (t >= nt) break;
-          const float4 a = reinterpret_cast<const float4*>(xr[t])[2 * i];
-          const float4 b = reinterpret_cast<const float4*>(xr[t])[2 * i + 1];
-          float s = acc[t];
-          s = fmaf(f[0], a.x, s);
-          s = fmaf(f[1], a.y, s);
-          s = fmaf(f[2], a.z, s);
-          s = fmaf(f[3], a.w, s);
-          s = fmaf(f[4], b.x, s);
-          s = fmaf(f[5], b.y, s);
-          s = fmaf(f[6], b.z, s);
-          s = fmaf(f[7], b.w, s);
-          acc[t] = s;
-        }
-      }
-    }
-  } else {
-    for (int64_t k = lane; k < K; k += 32) {
-      const float wv = wload(w, row, k);
-#pragma unroll
-      for (int t = 0; t < TT; ++t)
-        if (t < nt) acc[t] = fmaf(wv, xr[t][k], acc[t]);
-    }
-  }
-}
-
 // ---- routing ----
 
 // The serial reference: route_token on one thread per token (fallback for shapes the warp kernel does not take,
@@ -156,21 +91,8 @@ __global__ void __launch_bounds__(32) moe_route_warp_kernel(int32_t* ids, int64_
     for (int i = 0; i < NP; ++i)
       if (lane + 32 * i < E) s_c[lane + 32 * i] = ch[i];
     __syncwarp();
-    for (int g = lane; g < ng; g += 32) {
-      const float* c = s_c + g * per;
-      if (p.method == RouterParams::Method::NoauxTc) {  // sum of the two best in the group
-        float a = -INFINITY, b = -INFINITY;
-        for (int i = 0; i < per; ++i) {
-          if (c[i] > a) { b = a; a = c[i]; }
-          else if (c[i] > b) b = c[i];
-        }
-        s_g[g] = per >= 2 ? a + b : a;
-      } else {  // group_limited_greedy: best in the group
-        float a = -INFINITY;
-        for (int i = 0; i < per; ++i) a = fmaxf(a, c[i]);
-        s_g[g] = a;
-      }
-    }
+    for (int g = lane; g < ng; g += 32)
+      s_g[g] = route_group_score(s_c + g * per, per, p.method == RouterParams::Method::NoauxTc);
     __syncwarp();
     const int tg = p.topk_group < 256 ? p.topk_group : 256;
     for (int g = lane; g < ng; g += 32) {
@@ -216,15 +138,7 @@ __global__ void __launch_bounds__(32) moe_route_warp_kernel(int32_t* ids, int64_
   // Weights, in route_token's order of operations.
   float sum = 0.0f;
   for (int j = 0; j < p.top_k; ++j) sum += __shfl_sync(0xffffffffu, my_sc, j);
-  float w = my_sc;
-  if (p.sigmoid) {
-    if (p.norm_topk_prob) w /= (sum + 1e-20f);
-    w *= p.routed_scaling_factor;
-  } else if (p.top_k > 1 && p.norm_topk_prob) {
-    w /= (sum + 1e-20f);
-  } else {
-    w *= p.routed_scaling_factor;
-  }
+  const float w = route_weight(my_sc, sum, p);
   if (lane < p.top_k) {
     idr[lane] = my_id;
     wr[lane] = w;
@@ -268,7 +182,7 @@ __global__ void __launch_bounds__(1024) moe_count_kernel(const int32_t* ids, int
 
 constexpr int kMoeU = 8;  // 16-byte weight loads in flight per lane (two rows of 4 for gate/up)
 
-// Lane partials of the warp's K slice for one weight row n (bf16, moe_vec_ok) against the pair inputs
+// Lane partials of the warp's K slice for one weight row n (bf16, vec_ok) against the pair inputs
 // x + xr[t] * ldx, t < nt; with SILU also the up row (w2) against the same inputs, loaded together with the gate
 // row. Split K: warp slice ks of S takes 16-byte columns ks * 32 + lane + 32 S m.
 template <int TT, int S, bool SILU>
@@ -295,8 +209,8 @@ __device__ __forceinline__ void moe_vec_dot(const WDesc& w1, const WDesc& w2, in
       const int64_t i = ib + u * step;
       if (i >= K8) break;
       float f[8], g[8];
-      moe_bf16x8_to_f32(a[u], f);
-      if (SILU) moe_bf16x8_to_f32(b[u], g);
+      bf16x8_to_f32(a[u], f);
+      if (SILU) bf16x8_to_f32(b[u], g);
       const int64_t in = i + U * step;  // refill this slot at once: kMoeU loads stay in flight
       if (in < K8) {
         a[u] = __ldg(wa + in);
@@ -332,7 +246,7 @@ __device__ __forceinline__ void moe_vec_dot(const WDesc& w1, const WDesc& w2, in
 //                   hbuf[p, n] = silu(x Wg[e][n]) * (x Wu[e][n]).
 //   !SILU (down):   y = ybuf [pair, H], x = hbuf (row p), N = H, Kd = I; ybuf[p, n] = hbuf[p] . Wd[e][n].
 // bf16 experts with aligned rows take moe_vec_dot (gate and up rows loaded together, kMoeU loads in flight
-// per lane); other weights go through moe_row_dot in the warps of K slice 0.
+// per lane); other weights go through row_dot in the warps of K slice 0.
 template <int TT, int S, bool SILU>
 __global__ void __launch_bounds__(256, TT <= 4 ? 2 : 1) moe_expert_kernel(float* y, int64_t ldy, const float* x, int64_t ldx,
                                                          const ExpertDesc* experts, const int32_t* cnt,
@@ -350,7 +264,7 @@ __global__ void __launch_bounds__(256, TT <= 4 ? 2 : 1) moe_expert_kernel(float*
   const int64_t n = int64_t(blockIdx.y) * (8 / S) + warp / S;
   const int ks = warp % S;
   const bool live = n < N;
-  const bool v1 = moe_vec_ok(w1, Kd, x, ldx), v2 = SILU ? moe_vec_ok(w2, Kd, x, ldx) : v1;
+  const bool v1 = vec_ok(w1, Kd, x, ldx), v2 = SILU ? vec_ok(w2, Kd, x, ldx) : v1;
   const bool vec = v1 && v2;  // block-uniform
   const int32_t* pl = list + int64_t(e) * T;
   for (int c0 = 0; c0 < n_e; c0 += TT) {
@@ -370,8 +284,8 @@ __global__ void __launch_bounds__(256, TT <= 4 ? 2 : 1) moe_expert_kernel(float*
       const float* xp[TT];
 #pragma unroll
       for (int j = 0; j < TT; ++j) xp[j] = x + int64_t(xr[j]) * ldx;
-      moe_row_dot<TT>(w1, n, Kd, xp, nt, v1, a1);
-      if (SILU) moe_row_dot<TT>(w2, n, Kd, xp, nt, v2, a2);
+      row_dot<TT>(w1, n, Kd, xp, nt, v1, a1);
+      if (SILU) row_dot<TT>(w2, n, Kd, xp, nt, v2, a2);
     }
 #pragma unroll
     for (int j = 0; j < TT; ++j) {
@@ -432,23 +346,6 @@ __global__ void moe_combine_kernel(float* out, int64_t ldo, const float* ybuf, c
   out[t * ldo + d] = a;
 }
 
-void moe_check_launch() { CUDA_CHECK(cudaGetLastError()); }
-
-int moe_sms() {
-  static int sms = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n > 0 ? n : 132;
-  }();
-  return sms;
-}
-// Warps per row (split K): enough warps in all to fill the GPU (about 32 per SM), as gemv_split in kernels.cu.
-int moe_split(int64_t rows) {
-  const int64_t sms = moe_sms();
-  return rows >= 32 * sms ? 1 : rows >= 16 * sms ? 2 : 4;
-}
-
 template <int TT, bool SILU>
 void moe_expert_launch(cudaStream_t st, unsigned na, int S, float* y, int64_t ldy, const float* x, int64_t ldx,
                        const ExpertDesc* experts, const int32_t* cnt, const int32_t* list, const int32_t* active,
@@ -467,7 +364,7 @@ void moe_expert_launch(cudaStream_t st, unsigned na, int S, float* y, int64_t ld
              active, E, T, K, N, Kd);
       break;
   }
-  moe_check_launch();
+  check_launch();
 }
 // Pair slots per pass: an expert gets at most T pairs when each token's experts are distinct (route_topk's
 // are); more pairs (repeated ids) just take more passes.
@@ -475,7 +372,7 @@ template <bool SILU>
 void moe_expert_gemv(cudaStream_t st, unsigned na, float* y, int64_t ldy, const float* x, int64_t ldx,
                      const ExpertDesc* experts, const int32_t* cnt, const int32_t* list, const int32_t* active, int E,
                      int64_t T, int K, int64_t N, int64_t Kd) {
-  const int S = moe_split(int64_t(na) * N);
+  const int S = gemv_split(int64_t(na) * N);
   if (T <= 1) moe_expert_launch<1, SILU>(st, na, S, y, ldy, x, ldx, experts, cnt, list, active, E, T, K, N, Kd);
   else if (T <= 2) moe_expert_launch<2, SILU>(st, na, S, y, ldy, x, ldx, experts, cnt, list, active, E, T, K, N, Kd);
   else if (T <= 4) moe_expert_launch<4, SILU>(st, na, S, y, ldy, x, ldx, experts, cnt, list, active, E, T, K, N, Kd);
@@ -500,7 +397,7 @@ void moe_route(cudaStream_t st, int32_t* ids, int64_t ldi, float* wts, int64_t l
     const size_t shm = sizeof(float) * (3 * p.n_experts + p.n_group);
     launch(moe_route_kernel, g, 32, shm, st, ids, ldi, wts, ldw, logits, ldl, bias, p);
   }
-  moe_check_launch();
+  check_launch();
 }
 
 void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* x, int64_t ldx, const int32_t* ids,
@@ -512,14 +409,14 @@ void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* 
   const int64_t pairs = T * K;
   const int nth = static_cast<int>(std::clamp<int64_t>((std::max<int64_t>(pairs, E) + 31) / 32 * 32, 32, 1024));
   launch(moe_count_kernel, 1, nth, sizeof(int32_t) * size_t(E), st, ids, ldi, T, K, E, cnt, list, active);
-  moe_check_launch();
+  check_launch();
   if (pairs > 0 && E > 0) {
     const unsigned na = static_cast<unsigned>(std::min<int64_t>(E, pairs));  // blocks past cnt[E] exit at once
     moe_expert_gemv<true>(st, na, hbuf, I, x, ldx, experts, cnt, list, active, E, T, K, I, H);
     moe_expert_gemv<false>(st, na, ybuf, H, hbuf, I, experts, cnt, list, active, E, T, K, H, I);
   }
   launch(moe_combine_kernel, blocks(T * H), 256, 0, st, out, ldo, ybuf, wts, ldw, ids, ldi, experts, E, T, K, H);
-  moe_check_launch();
+  check_launch();
 }
 
 }  // namespace dsfuse::cuda
