@@ -20,7 +20,8 @@
 #   without .json; HF_DECODE_MODELS: the HF decode rows, default DECODE_MODELS), BUDGET_S (seconds for the whole script, build included, default 570: steps are shortened or
 #   skipped to end in time), SERVE_S (load-generator time limit per throughput row; at the limit the row reports
 #   the server's own token rate from /metrics), KV_MB (server KV pool, default 60000),
-#   DEVICE (default cuda), COMMIT (shown when git cannot tell), GPU_BW_GBS (bandwidth for the bounds, overrides
+#   SERVE_ARGS (extra `dsfuse serve` flags, e.g. "--tensor-parallel 2"; SERVE_TAG is appended to those rows'
+#   names), DEVICE (default cuda), COMMIT (shown when git cannot tell), GPU_BW_GBS (bandwidth for the bounds, overrides
 #   the probes), HF_ARGS (extra hf_bench.py flags, e.g. --static-cache), BUILD_ONLY=1 (build and stop),
 #   SKIP_BUILD=1, plus gpu_env.sh's DSFUSE_DEBS, BUILD_DIR, JOBS.
 set -uo pipefail
@@ -111,7 +112,7 @@ tokenizer_for() {
 
 # serve_row NAME: dsfuse serve with dummy weights on $DEVICE, load generator, SIGTERM.
 serve_row() {
-  local name=$1 cfg=$CONFIGS/$1.json
+  local cfg=$CONFIGS/$1.json name=$1${SERVE_TAG:-}
   local base=$LOG_DIR/serve-$name tok
   tok=$(tokenizer_for "$cfg")
   local t
@@ -122,7 +123,7 @@ serve_row() {
   fi
   local s=$(date +%s)
   timeout -k 10 "$t" "$DSFUSE" serve --config "$cfg" --dummy-weights --tokenizer "$tok" --device "$DEVICE" --port 0 \
-    --max-num-seqs $CONC --kv-memory-mb "$KV_MB" --drain-seconds 2 > "$base.out" 2> "$base.err" &
+    --max-num-seqs $CONC --kv-memory-mb "$KV_MB" --drain-seconds 2 ${SERVE_ARGS:-} > "$base.out" 2> "$base.err" &
   local spid=$! port="" up=0
   # "listening on port N" (tools/cmd_serve.cpp) once the weights are loaded and the KV pool allocated.
   while [ $(( $(date +%s) - s )) -lt $(( t - 30 )) ] && kill -0 $spid 2>/dev/null; do
@@ -147,7 +148,7 @@ serve_row() {
     "${REPORT[@]}" scrape "$url" "$base.metrics1.json"
     "${REPORT[@]}" record --out "$JSONL" --kind dsfuse_serve --name "$name" --rc $rc --secs $(( $(date +%s) - s2 )) \
       --stdout "$base.bench.out" --stderr "$base.bench.err" --metrics-before "$base.metrics0.json" \
-      --metrics-after "$base.metrics1.json" --note "server load ${load} s, tokenizer $tok, kv ${KV_MB} MiB" \
+      --metrics-after "$base.metrics1.json" --note "server load ${load} s, tokenizer $tok, kv ${KV_MB} MiB${SERVE_ARGS:+, serve $SERVE_ARGS}" \
       --cmd "dsfuse bench serve --concurrency $CONC --requests $REQUESTS --prompt-len $S_PROMPT --gen-len $S_GEN"
   else
     "${REPORT[@]}" record --out "$JSONL" --kind dsfuse_serve --name "$name" --rc 1 --secs $(( $(date +%s) - s )) \

@@ -553,6 +553,34 @@ TEST_P(BackendOps, MoeRoutingAndExperts) {
   check("moe_experts", a, b);
 }
 
+// A prefill-sized step: more (token, expert) pairs than the CUDA backend's grouped-GEMV limit (8192), so it takes
+// the sorted GEMM path; 41 experts of which the last gets no token, ~210 rows per expert.
+TEST_P(BackendOps, MoeExpertsLargeStep) {
+  const int64_t T = 4200, Hd = 24, I = 16, E = 41;
+  std::vector<std::unique_ptr<WeightSet>> keep;
+  std::vector<ExpertWeights> experts;
+  for (int e = 0; e < E; ++e) {
+    keep.push_back(std::make_unique<WeightSet>(I, Hd, 100 + e));
+    keep.push_back(std::make_unique<WeightSet>(I, Hd, 200 + e));
+    keep.push_back(std::make_unique<WeightSet>(Hd, I, 300 + e));
+    experts.push_back({keep[keep.size() - 3]->all[1].second, keep[keep.size() - 2]->all[1].second,
+                       keep[keep.size() - 1]->all[1].second});
+  }
+  auto x = randn(T * Hd, 17);
+  std::vector<int32_t> ids(T * 2);
+  std::vector<float> w(T * 2);
+  for (int64_t t = 0; t < T; ++t)
+    ids[t * 2] = static_cast<int32_t>(t % 40), ids[t * 2 + 1] = static_cast<int32_t>((7 * t + 3) % 40),
+    w[t * 2] = 0.6f, w[t * 2 + 1] = 0.4f;
+  std::vector<float> a(T * Hd), b(T * Hd), c(T * Hd);
+  const TensorView xv(x.data(), DType::F32, {T, Hd}), iv(ids.data(), DType::I32, {T, 2}), wv(w.data(), DType::F32, {T, 2});
+  be->moe_experts(TensorView(a.data(), DType::F32, {T, Hd}), xv, iv, wv, experts);
+  ref->moe_experts(TensorView(b.data(), DType::F32, {T, Hd}), xv, iv, wv, experts);
+  check("moe_experts T=4200 E=41", a, b);
+  be->moe_experts(TensorView(c.data(), DType::F32, {T, Hd}), xv, iv, wv, experts);
+  EXPECT_EQ(a, c) << "moe_experts is not deterministic";
+}
+
 TEST_P(BackendOps, EmbeddingAndCopyRows) {
   const int64_t V = 10, Hd = 7;
   WeightSet ws(V, Hd, 3);

@@ -150,7 +150,9 @@ int run_bench(int argc, char** argv) {
   bw = std::max(bw_before, bw_after);
   const Stat pre = summarize(pre_tps), dec = summarize(dec_tps), ttft = summarize(ttft_ms);
   const double wbpt = summarize(bytes_per_tok).med;
-  const double bound = wbpt > 0 ? bw * 1e9 / wbpt : 0;
+  // Under tensor parallelism the bytes are every rank's together and each GPU streams its share at once: the
+  // bound is the GPUs' bandwidth together (one GPU's probe x ranks) over all ranks' bytes.
+  const double bound = wbpt > 0 ? bw * 1e9 * tp / wbpt : 0;
   const double prefill_gflops = summarize(pre_macs).med * 2 / 1e9 * pre.med / (static_cast<double>(prompt_len) * batch);
   const double rss = bench::peak_rss_mb();
 
@@ -166,8 +168,9 @@ int run_bench(int argc, char** argv) {
   std::printf("  weight bytes / token     %.1f MB\n", wbpt / 1e6);
   std::printf("  bandwidth (probe)        %.1f GB/s (best of %.1f before and %.1f after the runs)\n", bw, bw_before,
               bw_after);
-  std::printf("  bound (bw / bytes)       %.2f tok/s  -> decode at %.1f%% of the bound\n", bound,
-              bound > 0 ? 100 * dec.med / bound : 0.0);
+  std::printf("  bound (bw / bytes)       %.2f tok/s  -> decode at %.1f%% of the bound%s\n", bound,
+              bound > 0 ? 100 * dec.med / bound : 0.0,
+              tp > 1 ? cat(" (", tp, " GPUs: bytes of all ranks, bandwidth x ", tp, ")").c_str() : "");
   if (!gpu) {
     std::printf("  FMA peak (%s)          %.1f GFLOP/s measured (%.2f GHz x %d flop/cycle/core x %d cores)\n",
                 peak.isa.c_str(), peak.measured_gflops, peak.ghz, peak.flops_per_cycle, threads);
@@ -182,6 +185,7 @@ int run_bench(int argc, char** argv) {
                         {"quant", quant},
                         {"threads", threads},
                         {"batch", batch},
+                        {"tensor_parallel", tp},
                         {"prompt_len", prompt_len},
                         {"gen_len", gen_len},
                         {"repeat", repeat},

@@ -87,7 +87,8 @@ int run_kbench_mla(int argc, char** argv) {
 // `dsfuse kbench gemv`: the decode linear layers alone on a device backend: for each N x K shape (bf16 weights,
 // enough copies that every call streams from HBM, not L2) and token count T, the weight bytes read per second.
 // --silu times the fused gate/up + SwiGLU (N = 2I rows stacked). Mean over --repeat calls in a row (the
-// launch gaps between back-to-back kernels are included, as in a decode step).
+// launch gaps between back-to-back kernels are included; --graph replays them as one CUDA graph, as a decode
+// step runs).
 int run_kbench_gemv(int argc, char** argv) {
   CLI::App app{"Time decode linear layers (GEMV) on a device backend", "dsfuse kbench gemv"};
   std::string device = "cuda";
@@ -95,12 +96,13 @@ int run_kbench_gemv(int argc, char** argv) {
                                      "1536x1536", "17920x1536", "1536x8960", "151936x1536", "102400x4096"};
   std::vector<int64_t> Ts = {1};
   int repeat = 50;
-  bool silu = false;
+  bool silu = false, graph = false;
   app.add_option("--device", device, "cuda, cuda:N, cpu");
   app.add_option("--shapes", shapes, "NxK weight shapes");
   app.add_option("-T,--tokens", Ts, "token counts");
   app.add_option("--repeat", repeat, "timed calls (mean)")->check(CLI::Range(1, 100000));
   app.add_flag("--silu", silu, "time linear_silu over the stacked [2I, K] weight (SwiGLU fused)");
+  app.add_flag("--graph", graph, "record the calls as one CUDA graph and time its replays (no host launch gaps)");
   CLI11_PARSE(app, argc, argv);
   auto be = make_device_backend(device);
   const double bw = be->measure_bandwidth_gbs();
@@ -134,10 +136,26 @@ int run_kbench_gemv(int argc, char** argv) {
       };
       for (int i = 0; i < 3; ++i) call(i);
       be->synchronize();
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < repeat; ++i) call(i);
-      be->synchronize();
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / repeat;
+      double s = 0;
+      if (graph) {
+        // The `repeat` calls recorded once as a graph (as a decode step is), then replayed 5 times.
+        const uint64_t key = 0x6b62656e6368ull ^ static_cast<uint64_t>(N * 131 + K * 7 + T);
+        for (int rec = 0; rec < 2; ++rec) {  // first pass runs plainly, the second records
+          be->graph_begin(key);
+          for (int i = 0; i < repeat; ++i) call(i);
+          be->graph_end();
+        }
+        be->synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int r = 0; r < 5; ++r) DSFUSE_CHECK(be->graph_launch(key), "kbench gemv --graph: no graph recorded");
+        be->synchronize();
+        s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / (5.0 * repeat);
+      } else {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < repeat; ++i) call(i);
+        be->synchronize();
+        s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / repeat;
+      }
       std::printf("%s %-5s N=%-6lld K=%-6lld T=%-3lld %8.2f us  %7.1f GB/s  (%.1f%% of the %.0f GB/s probe)\n",
                   be->name().c_str(), silu ? "silu" : "gemv", static_cast<long long>(N), static_cast<long long>(K),
                   static_cast<long long>(T), s * 1e6, wbytes / s / 1e9, bw > 0 ? 100 * wbytes / s / 1e9 / bw : 0.0,
@@ -145,7 +163,8 @@ int run_kbench_gemv(int argc, char** argv) {
       be->free(x.data);
       be->free(y.data);
     }
-    for (auto& l : lins) be->free(l.w.data);
+    for (auto& l : lins)
+      if (l.w.data != host.data()) be->free(l.w.data);  // the CPU backend uses the host copy as is
   }
   return 0;
 }

@@ -30,7 +30,7 @@ int run_serve(int argc, char** argv) {
   std::string model, config, tokenizer_dir, name, quant = "none", device = "auto";
   server::ServerOptions so;
   bool dummy = false;
-  int threads = 0, max_num_seqs = 64, max_queue = 256, max_batched_tokens = 512, tp = 1;
+  int threads = 0, max_num_seqs = 64, max_queue = 256, max_batched_tokens = 0, tp = 1;
   double kv_mb = 0, drain = 5;
   app.add_option("--model", model, "Hugging Face model directory (default: the embedded default model)");
   app.add_option("--config", config, "config.json for --dummy-weights (benchmarks)");
@@ -42,7 +42,9 @@ int run_serve(int argc, char** argv) {
   app.add_option("--api-key", so.api_key, "require 'Authorization: Bearer KEY' on /v1/*");
   app.add_option("--max-num-seqs", max_num_seqs, "running batch cap")->check(CLI::Range(1, 4096));
   app.add_option("--max-queue", max_queue, "waiting requests before 429")->check(CLI::Range(1, 1 << 20));
-  app.add_option("--max-batched-tokens", max_batched_tokens, "tokens per engine step")->check(CLI::Range(1, 1 << 20));
+  app.add_option("--max-batched-tokens", max_batched_tokens,
+                 "tokens per engine step (long prompts are prefilled in chunks; default 8192 on a GPU, as vLLM's server, "
+                 "512 on the CPU)")->check(CLI::Range(1, 1 << 20));
   app.add_option("--kv-memory-mb", kv_mb, "KV cache size (default: 256 MiB, at least one full context)");
   app.add_option("--threads", threads, "CPU threads");
   app.add_option("--quant", quant, "none, int8, int8-asym");
@@ -87,7 +89,12 @@ int run_serve(int argc, char** argv) {
   EngineConfig ec;
   ec.max_num_seqs = max_num_seqs;
   ec.max_queue = max_queue;
-  ec.max_batched_tokens = max_batched_tokens;
+  // On a GPU a step's cost is mostly reading the weights once, so larger prefill chunks cost little more per
+  // step (measured: 64 x 512-token prompts, Qwen-7B on an H200: 3,130 output tok/s at 512, 3,419 at 2,048,
+  // 3,539 at 8,192; ITL p99 48 ms at 8,192); on the CPU a step's cost grows with its tokens, so chunks stay small
+  // to keep the running streams' latency low.
+  ec.max_batched_tokens = max_batched_tokens > 0 ? max_batched_tokens
+                                                 : resolve_device(device).rfind("cuda", 0) == 0 ? 8192 : 512;
   const size_t per_token = static_cast<size_t>(m->info().kv_bytes_per_token);
   ec.kv_memory_bytes = kv_mb > 0 ? static_cast<size_t>(kv_mb * 1048576.0)
                                  : std::max<size_t>(size_t{256} << 20, per_token * (m->max_context() + 64));

@@ -69,7 +69,8 @@ class Checkpoint {
   // zeros, other weights uniform with std 0.02). has() is true only for tensors already created.
   static std::unique_ptr<Checkpoint> synthetic(uint64_t seed = 0);
   bool is_synthetic() const { return synthetic_; }
-  // Frees a synthetic tensor's memory once it has been converted (e.g. quantized); views die with it.
+  // Drops a synthetic tensor once it has been converted (quantized, copied to a device); views die with it. A
+  // later get(name, shape) makes it again with the same values.
   void release(const std::string& name);
 
   bool has(const std::string& name) const;

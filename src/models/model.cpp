@@ -78,9 +78,17 @@ Linear WeightLoader::linear(const std::string& name, int64_t N, int64_t K, bool 
   Linear l = shard(load_linear(name, N, K, bias), name, split);
   if (quant_ != QuantType::None) {
     l = quantize_linear(l, quant_, store_);
-    if (ck_.is_synthetic() && tp_.size == 1) ck_.release(name + ".weight");
+    if (ck_.is_synthetic()) ck_.release(name + ".weight");  // quantized bytes are a copy
   }
-  return prepare(l, held);
+  return release_synthetic(prepare(l, held), name);
+}
+
+// Dummy weights are made on demand, so once a device backend holds its copy the host tensor can go (another
+// tensor-parallel rank asking for it later gets the same values made again): host memory stays at about one
+// tensor, not the whole model (the largest dummy models exceed the host's memory).
+Linear WeightLoader::release_synthetic(Linear l, const std::string& name) {
+  if (ck_.is_synthetic() && be_ && !(be_->device() == Device::cpu())) ck_.release(name + ".weight");
+  return l;
 }
 
 Linear WeightLoader::linear_fused(const std::vector<std::pair<std::string, int64_t>>& parts, int64_t K, bool bias,
@@ -119,14 +127,14 @@ Linear WeightLoader::linear_fused(const std::vector<std::pair<std::string, int64
   f.w = TensorView(buf->data(), ls[0].w.dtype, {N, Kl});
   if (bbuf) f.bias = TensorView(bbuf->data(), ls[0].bias.dtype, {N});
   Linear out = be_->prepare(f);  // device copy: the host buffers can go
-  if (ck_.is_synthetic() && tp_.size == 1)
+  if (ck_.is_synthetic())
     for (const auto& p : parts) ck_.release(p.first + ".weight");
   return out;
 }
 
 Linear WeightLoader::linear_exact(const std::string& name, int64_t N, int64_t K, bool bias, Split split) {
   const size_t held = store_.size();
-  return prepare(shard(load_linear(name, N, K, bias), name, split), held);
+  return release_synthetic(prepare(shard(load_linear(name, N, K, bias), name, split), held), name);
 }
 
 Linear WeightLoader::prepare(const Linear& l, size_t held) {

@@ -69,6 +69,7 @@ class WeightLoader {
   Linear shard(const Linear& l, const std::string& name, Split split);
   // be_->prepare(l); drops the host buffers made since store_.size() was `held` when be_ keeps its own copy.
   Linear prepare(const Linear& l, size_t held);
+  Linear release_synthetic(Linear l, const std::string& name);
   TPInfo tp_;
   Backend* be_ = nullptr;
   void check_float(const std::string& name, const TensorView& v, bool allow_fp8);

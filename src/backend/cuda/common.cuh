@@ -166,6 +166,9 @@ __device__ __forceinline__ void pdl_entry() {
 // backend at start-up for the whole process).
 bool pdl_enabled();
 void set_pdl_enabled(bool on);
+// Decode GEMV load pipelining: rolling refill of each load slot (default) or refill after each round of kGvU
+// loads (DSFUSE_CUDA_GEMV_ROLL=0; kept for A/B measurement).
+void set_gemv_roll(bool on);
 // kernel<<<grid, block, shm, st>>>(args...) with the PDL attribute when enabled; checks the launch.
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shm, cudaStream_t st, Args&&... args) {
@@ -240,6 +243,16 @@ void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* 
                          int64_t ldi, const float* wts, int64_t ldw, int64_t T, int K, int64_t H, int64_t I,
                          const ExpertDesc* experts, int E, int32_t* cnt, int32_t* list, float* hbuf, float* ybuf);
 // cnt: 2E + 1 ints of scratch; list: E * T ints.
+// GEMM path (large steps): the pairs sorted by expert, stably (see moe_sort_kernel): meta [2E + 1] (counts,
+// first rows, total), pair / tok [T K] (pair id and token of each sorted row).
+void moe_sort_pairs(cudaStream_t st, const int32_t* ids, int64_t ldi, int64_t T, int K, int E, int32_t* meta,
+                    int32_t* pair, int32_t* tok);
+// dst[idx[r], :] = src[r, :] for r < n.
+void moe_scatter_rows(cudaStream_t st, float* dst, int64_t ldd, const float* src, int64_t lds, const int32_t* idx,
+                      int64_t n, int64_t H);
+// out[t] = sum_j wts[t, j] ybuf[t K + j] over the slots whose expert is on this rank (fixed order j = 0..K-1).
+void moe_combine(cudaStream_t st, float* out, int64_t ldo, const float* ybuf, const float* wts, int64_t ldw,
+                 const int32_t* ids, int64_t ldi, const ExpertDesc* experts, int E, int64_t T, int K, int64_t H);
 // ids[r] = argmax x[r, :] (lowest index on ties)
 // scratch: argmax_scratch_bytes(R)
 void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V, void* scratch);

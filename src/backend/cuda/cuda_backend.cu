@@ -282,14 +282,6 @@ __global__ void gather_rows_kernel(float* dst, const float* src, int64_t lds, co
   dst[i] = src[int64_t(idx[i / H]) * lds + i % H];
 }
 
-__global__ void scatter_add_kernel(float* out, int64_t ldo, const float* src, const int32_t* idx, const float* wts,
-                                   int64_t n, int64_t H) {
-  pdl_entry();
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n * H) return;
-  out[int64_t(idx[i / H]) * ldo + i % H] += wts[i / H] * src[i];
-}
-
 __global__ void zero_rows_kernel(float* y, int64_t ldy, int64_t T, int64_t D) {
   pdl_entry();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -368,9 +360,12 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaDeviceGetAttribute(&cc, cudaDevAttrComputeCapabilityMajor, dev_));
     const char* pdl = std::getenv("DSFUSE_CUDA_PDL");
     cuda::set_pdl_enabled(cc >= 9 && !(pdl && std::string(pdl) == "0"));
+    const char* roll = std::getenv("DSFUSE_CUDA_GEMV_ROLL");
+    cuda::set_gemv_roll(!(roll && std::string(roll) == "0"));
     // Split-K attention merges in its last block through these counters (zero between launches);
     // DSFUSE_CUDA_ATTN_MERGE=0: a separate combine kernel instead.
     if (const char* sm = std::getenv("DSFUSE_CUDA_SPLIT_MAX_T"); sm && *sm) split_max_T_ = std::atoll(sm);
+    if (const char* mg = std::getenv("DSFUSE_CUDA_MOE_GEMM_PAIRS"); mg && *mg) moe_gemm_pairs_ = std::atoll(mg);
     if (const char* bp = std::getenv("DSFUSE_CUDA_ATTN_BLOCKS_PER_SM"); bp && std::atoi(bp) > 0)
       attn_bps_ = std::atoi(bp);
     const char* am = std::getenv("DSFUSE_CUDA_ATTN_MERGE");
@@ -508,7 +503,7 @@ class CudaBackend final : public Backend {
       return false;
     }
     CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
-    cpu::stats().weight_bytes += it->second.weight_bytes;
+    count_bytes(it->second.weight_bytes);
     return true;
   }
   void graph_begin(uint64_t key) override {
@@ -521,7 +516,7 @@ class CudaBackend final : public Backend {
     reset_scratch();  // merges grown chunks now, not while recording
     capture_key_ = key;
     capture_broken_ = false;
-    capture_bytes0_ = cpu::stats().weight_bytes.load();
+    capture_bytes0_ = bytes_read_;
     CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
     capturing_ = true;
   }
@@ -542,7 +537,7 @@ class CudaBackend final : public Backend {
     gr.exec = exec;
     gr.scratch_gen = scratch_gen_;
     gr.step_gen = step_gen_;
-    gr.weight_bytes = cpu::stats().weight_bytes.load() - capture_bytes0_;
+    gr.weight_bytes = bytes_read_ - capture_bytes0_;  // this backend's own ops (other ranks' threads count too)
     graphs_map_[capture_key_] = gr;
     CUDA_CHECK(cudaGraphLaunch(exec, stream_));  // recording ran nothing: run it now
   }
@@ -599,7 +594,7 @@ class CudaBackend final : public Backend {
     Prof prof(this, "linear_silu");
     const int64_t T = x.shape[0], I = w.out_features() / 2, K = w.in_features();
     if (T <= kGemvMaxT && w.bias.empty()) {
-      cpu::stats().weight_bytes += static_cast<int64_t>(w.bytes());
+      count_bytes(static_cast<int64_t>(w.bytes()));
       cuda::gemv_silu(stream_, y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], T, desc_of(w), I, K);
       return;
     }
@@ -790,49 +785,68 @@ class CudaBackend final : public Backend {
                    const std::vector<ExpertWeights>& experts) override {
     Prof prof(this, "moe_experts");
     Op op(this);
-    const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
-    if (capturing_ || T * K <= 8192) {
+    const int64_t T = x.shape[0], K = ids.shape[1];
+    const int E = static_cast<int>(experts.size());
+    if (capturing_ || T * K <= moe_gemm_pairs_ || E > 320) {
       moe_experts_device(out, x, ids, weights, experts);
       return;
     }
-    std::vector<int32_t> hid(static_cast<size_t>(T * K));
-    std::vector<float> hw(hid.size());
-    CUDA_CHECK(cudaMemcpy2DAsync(hid.data(), K * 4, ids.data, ids.stride[0] * 4, K * 4, T, cudaMemcpyDefault, stream_));
-    CUDA_CHECK(cudaMemcpy2DAsync(hw.data(), K * 4, weights.data, weights.stride[0] * 4, K * 4, T, cudaMemcpyDefault,
-                                 stream_));
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    // Tokens per expert (each token picks distinct experts, so one expert's scatter-add has no conflicts).
-    std::vector<std::vector<int32_t>> tok(experts.size());
-    std::vector<std::vector<float>> wt(experts.size());
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t j = 0; j < K; ++j) {
-        const int32_t e = hid[t * K + j];
-        DSFUSE_CHECK(e >= 0 && size_t(e) < experts.size(), "expert id ", e, " out of range");
-        tok[e].push_back(static_cast<int32_t>(t));
-        wt[e].push_back(hw[t * K + j]);
-      }
-    launch(zero_rows_kernel, blocks(T * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], T, H);
-    for (size_t e = 0; e < experts.size(); ++e) {
-      const int64_t n = static_cast<int64_t>(tok[e].size());
-      if (!n || experts[e].gate.empty()) continue;  // no tokens, or another rank's expert
-      const ExpertWeights& ew = experts[e];
-      if (ew.gate.empty()) continue;  // another expert-parallel rank's expert
-      const int64_t I = ew.gate.out_features();
-      const int32_t* d_idx = stage(tok[e].data(), n);
-      const float* d_w = stage(wt[e].data(), n);
-      float* xg = scratch_f(n * H);
-      float* g = scratch_f(n * I);
-      float* u = scratch_f(n * I);
-      float* yd = scratch_f(n * H);
-      launch(gather_rows_kernel, blocks(n * H), 256, 0, stream_, xg, x.ptr<float>(), x.stride[0], d_idx, n, H);
-      linear_impl(g, I, xg, H, n, ew.gate);
-      linear_impl(u, I, xg, H, n, ew.up);
-      launch(silu_mul_kernel, blocks(n * I), 256, 0, stream_, g, I, g, I, u, I, n, I);
-      linear_impl(yd, H, g, I, n, ew.down);
-      launch(scatter_add_kernel, blocks(n * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], yd, d_idx, d_w, n, H);
+    moe_experts_gemm(out, x, ids, weights, experts);
+  }
+
+  // Routed experts for large steps (prefill): the pairs sorted by expert on the device (stable), one copy of the
+  // counts to the host (the only synchronisation), the token rows gathered in expert order, then per expert on
+  // this rank three GEMMs on its contiguous rows (linear_impl: bf16 tensor cores, hi/lo activations up to 256
+  // rows) with one SwiGLU over all rows between them, and the outputs put back per pair and summed per token in
+  // slot order.
+  void moe_experts_gemm(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
+                        const std::vector<ExpertWeights>& experts) {
+    const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
+    const int E = static_cast<int>(experts.size());
+    int64_t I = 0;
+    for (const auto& ew : experts)
+      if (!ew.gate.empty()) I = ew.gate.out_features();
+    if (I == 0) {  // no expert on this rank
+      launch(zero_rows_kernel, blocks(T * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], T, H);
+      check_launch();
+      return;
     }
-    check_launch();
-    CUDA_CHECK(cudaStreamSynchronize(stream_));  // staged host vectors die here
+    const ExpertDesc* tab = expert_table(experts);
+    auto* meta = static_cast<int32_t*>(scratch(sizeof(int32_t) * (2 * E + 1)));
+    auto* pair = static_cast<int32_t*>(scratch(sizeof(int32_t) * T * K));
+    auto* tok = static_cast<int32_t*>(scratch(sizeof(int32_t) * T * K));
+    cuda::moe_sort_pairs(stream_, ids.ptr<int32_t>(), ids.stride[0], T, static_cast<int>(K), E, meta, pair, tok);
+    std::vector<int32_t> hm(static_cast<size_t>(2 * E + 1));
+    CUDA_CHECK(cudaMemcpyAsync(hm.data(), meta, sizeof(int32_t) * hm.size(), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    const int64_t M = hm[2 * E];  // pairs with a valid expert id
+    DSFUSE_CHECK(M >= 0 && M <= T * K, "moe_experts: bad pair count ", M);
+    float* xg = scratch_f(std::max<int64_t>(M, 1) * H);  // gathered rows, then the down projections
+    float* g = scratch_f(std::max<int64_t>(M, 1) * I);
+    float* u = scratch_f(std::max<int64_t>(M, 1) * I);
+    float* ybuf = scratch_f(T * K * H);
+    if (M > 0) {
+      launch(gather_rows_kernel, blocks(M * H), 256, 0, stream_, xg, x.ptr<float>(), x.stride[0], tok, M, H);
+      check_launch();
+    }
+    for (int e = 0; e < E; ++e) {
+      const int64_t n = hm[e], r0 = hm[E + e];
+      if (!n || experts[e].gate.empty()) continue;  // no pairs, or another expert-parallel rank's expert
+      linear_impl(g + r0 * I, I, xg + r0 * H, H, n, experts[e].gate);
+      linear_impl(u + r0 * I, I, xg + r0 * H, H, n, experts[e].up);
+    }
+    if (M > 0) {
+      launch(silu_mul_kernel, blocks(M * I), 256, 0, stream_, g, I, g, I, u, I, M, I);
+      check_launch();
+    }
+    for (int e = 0; e < E; ++e) {
+      const int64_t n = hm[e], r0 = hm[E + e];
+      if (!n || experts[e].gate.empty()) continue;
+      linear_impl(xg + r0 * H, H, g + r0 * I, I, n, experts[e].down);
+      cuda::moe_scatter_rows(stream_, ybuf, H, xg + r0 * H, H, pair + r0, n, H);
+    }
+    cuda::moe_combine(stream_, out.ptr<float>(), out.stride[0], ybuf, weights.ptr<float>(), weights.stride[0],
+                      ids.ptr<int32_t>(), ids.stride[0], tab, E, T, static_cast<int>(K), H);
   }
 
  private:
@@ -1158,7 +1172,9 @@ class CudaBackend final : public Backend {
                               ids.ptr<int32_t>(), ids.stride[0], weights.ptr<float>(), weights.stride[0], T,
                               static_cast<int>(K), H, I, tab, E, cnt, list, hbuf, ybuf);
     // Bytes: at most one read of every selected expert (exact for one token).
-    cpu::stats().weight_bytes += std::min<int64_t>(T * K, owned) * ebytes;
+    // Under expert parallelism a rank holds `owned` of E experts and computes only the pairs routed to them:
+    // about T K owned / E of the selected ones.
+    count_bytes(std::min<int64_t>((T * K * owned + E - 1) / E, owned) * ebytes);
   }
 
   // y [T, N] (row stride ldy) = x [T, K] (row stride ldx) W^T + b, all f32 device pointers.
@@ -1167,7 +1183,7 @@ class CudaBackend final : public Backend {
     const WDesc d = desc_of(w);
     const int btype = w.bias.empty() ? 0 : wtype_of(w.bias.dtype);
     const void* bias = w.bias.empty() ? nullptr : w.bias.data;
-    cpu::stats().weight_bytes += static_cast<int64_t>(w.bytes());
+    count_bytes(static_cast<int64_t>(w.bytes()));
     if (T <= kGemvMaxT) {
       cuda::gemv(stream_, y, ldy, x, ldx, T, d, N, K, bias, btype);
       return;
@@ -1223,6 +1239,13 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // Weight bytes read: the process-wide counter (bench's bound) and this backend's own share (graphs record
+  // their step's bytes from it: under tensor parallelism other ranks' threads add to the global one meanwhile).
+  void count_bytes(int64_t b) {
+    cpu::stats().weight_bytes += b;
+    bytes_read_ += b;
+  }
+  int64_t bytes_read_ = 0;
   int dev_ = 0, sms_ = 132;
   void* stage_host_[2] = {nullptr, nullptr};
   cudaEvent_t stage_done_[2] = {nullptr, nullptr};
@@ -1230,6 +1253,8 @@ class CudaBackend final : public Backend {
   int* attn_counters_ = nullptr;
   bool attn_merge_ = true;
   int64_t split_max_T_ = 256;
+  // moe_experts: steps with more (token, expert) pairs than this take the GEMM path (DSFUSE_CUDA_MOE_GEMM_PAIRS).
+  int64_t moe_gemm_pairs_ = 8192;
   int attn_bps_ = 0;  // 0: by step size
   bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false;
   // MLA kernel after the opt-in heads one: Auto = tensor cores, tc2 from 16 tokens per step; Tc / Tc2 forced;

@@ -79,7 +79,7 @@ __device__ __forceinline__ void f8x16_to_f32(const uint4& v, float s, float f[16
 template <int TT, int S, bool SILU, bool F8>
 __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
                                                        int64_t N, int64_t K, int T, const void* bias, int btype,
-                                                       int64_t up) {
+                                                       int64_t up, bool roll) {
   constexpr int U = SILU ? kGvU / 2 : kGvU;  // loads per row in flight (two rows with SILU)
   constexpr int EPL = F8 ? 16 : 8;           // weights per 16-byte load
   __shared__ float red[8][SILU ? 2 * TT : TT];
@@ -121,6 +121,15 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
         bf16x8_to_f32(a[u], f);
         if (SILU) bf16x8_to_f32(b[u], g);
       }
+      // Rolling refill: slot u's next load is issued as soon as its data is in registers, so about U loads
+      // stay in flight the whole time (instead of U, then none while the round is summed).
+      if (roll) {
+        const int64_t j = i + U * step;
+        if (j < KV) {
+          a[u] = __ldg(wg + j);
+          if (SILU) b[u] = __ldg(wu + j);
+        }
+      }
 #pragma unroll
       for (int t = 0; t < TT; ++t) {
         if (t >= T) break;
@@ -141,6 +150,7 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
       }
     }
     ib += U * step;
+    if (roll) continue;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t i = ib + u * step;
@@ -730,10 +740,12 @@ __global__ void read_probe_kernel(const uint4* p, int64_t n, uint32_t* sink) {
 }
 
 bool g_pdl = false;
+bool g_gemv_roll = true;
 
 }  // namespace
 
 bool pdl_enabled() { return g_pdl; }
+void set_gemv_roll(bool on) { g_gemv_roll = on; }
 void set_pdl_enabled(bool on) { g_pdl = on; }
 
 int gemv_split(int64_t rows) {
@@ -752,11 +764,11 @@ void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int
                      int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
   switch (gemv_split(N)) {
     case 1: launch(gemv_vec_kernel<TT, 1, SILU, F8>, blocks(N, 8), 256, 0, st,
-        y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
+        y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
     case 2: launch(gemv_vec_kernel<TT, 2, SILU, F8>, blocks(N, 4), 256, 0, st,
-        y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
+        y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
     default: launch(gemv_vec_kernel<TT, 4, SILU, F8>, blocks(N, 2), 256, 0, st,
-        y, ldy, x, ldx, w, N, K, T, bias, btype, up); break;
+        y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
   }
 }
 template <bool SILU, bool F8>

@@ -346,6 +346,75 @@ __global__ void moe_combine_kernel(float* out, int64_t ldo, const float* ybuf, c
   out[t * ldo + d] = a;
 }
 
+// Stable sort of the (token, slot) pairs by expert for the GEMM path, in one block of 1024 threads: meta[e] =
+// pairs of expert e, meta[E + e] = their first row (exclusive prefix), meta[2E] = rows in all; row r of the
+// sorted order holds pair[r] = t * K + j and tok[r] = t, in ascending pair order within each expert (so the
+// GEMM rows, and the results, do not depend on thread timing). Pairs are ranked a tile of 1024 at a time: within a
+// warp by __match_any_sync, across the tile's warps by per-warp counts in shared memory.
+// Dynamic shared memory: (3 E + 1 + 32 E) ints.
+__global__ void __launch_bounds__(1024) moe_sort_kernel(const int32_t* ids, int64_t ldi, int64_t T, int K, int E,
+                                                        int32_t* meta, int32_t* pair, int32_t* tok) {
+  extern __shared__ int32_t s_sort[];
+  int32_t* s_cnt = s_sort;              // [E]
+  int32_t* s_off = s_sort + E;          // [E + 1]
+  int32_t* s_cur = s_sort + 2 * E + 1;  // [E]
+  int32_t* s_w = s_sort + 3 * E + 1;    // [32][E] pairs per warp in the current tile
+  pdl_entry();
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t P = T * K;
+  for (int e = tid; e < E; e += blockDim.x) s_cnt[e] = 0, s_cur[e] = 0;
+  __syncthreads();
+  for (int64_t p = tid; p < P; p += blockDim.x) {
+    const int e = ids[(p / K) * ldi + p % K];
+    if (e >= 0 && e < E) atomicAdd(&s_cnt[e], 1);
+  }
+  __syncthreads();
+  if (tid == 0) {
+    int a = 0;
+    for (int e = 0; e < E; ++e) s_off[e] = a, a += s_cnt[e];
+    s_off[E] = a;
+  }
+  __syncthreads();
+  for (int e = tid; e < E; e += blockDim.x) meta[e] = s_cnt[e], meta[E + e] = s_off[e];
+  if (tid == 0) meta[2 * E] = s_off[E];
+  for (int64_t base = 0; base < P; base += blockDim.x) {
+    for (int i = tid; i < 32 * E; i += blockDim.x) s_w[i] = 0;
+    __syncthreads();
+    const int64_t p = base + tid;
+    int e = -1;
+    if (p < P) {
+      e = ids[(p / K) * ldi + p % K];
+      if (e < 0 || e >= E) e = -1;
+    }
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int rank_w = __popc(peers & ((1u << lane) - 1u));
+    if (e >= 0 && rank_w == 0) s_w[warp * E + e] = __popc(peers);
+    __syncthreads();
+    if (e >= 0) {
+      int r = s_off[e] + s_cur[e] + rank_w;
+      for (int w = 0; w < warp; ++w) r += s_w[w * E + e];
+      pair[r] = static_cast<int32_t>(p);
+      tok[r] = static_cast<int32_t>(p / K);
+    }
+    __syncthreads();
+    for (int f = tid; f < E; f += blockDim.x) {
+      int a = 0;
+      for (int w = 0; w < 32; ++w) a += s_w[w * E + f];
+      s_cur[f] += a;
+    }
+    __syncthreads();
+  }
+}
+
+// dst[idx[r], :] = src[r, :] (H columns; rows of dst with stride ldd).
+__global__ void scatter_rows_kernel(float* dst, int64_t ldd, const float* src, int64_t lds, const int32_t* idx,
+                                    int64_t n, int64_t H) {
+  pdl_entry();
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n * H) return;
+  dst[int64_t(idx[i / H]) * ldd + i % H] = src[(i / H) * lds + i % H];
+}
+
 template <int TT, bool SILU>
 void moe_expert_launch(cudaStream_t st, unsigned na, int S, float* y, int64_t ldy, const float* x, int64_t ldx,
                        const ExpertDesc* experts, const int32_t* cnt, const int32_t* list, const int32_t* active,
@@ -415,6 +484,25 @@ void moe_experts_grouped(cudaStream_t st, float* out, int64_t ldo, const float* 
     moe_expert_gemv<true>(st, na, hbuf, I, x, ldx, experts, cnt, list, active, E, T, K, I, H);
     moe_expert_gemv<false>(st, na, ybuf, H, hbuf, I, experts, cnt, list, active, E, T, K, H, I);
   }
+  launch(moe_combine_kernel, blocks(T * H), 256, 0, st, out, ldo, ybuf, wts, ldw, ids, ldi, experts, E, T, K, H);
+  check_launch();
+}
+
+void moe_sort_pairs(cudaStream_t st, const int32_t* ids, int64_t ldi, int64_t T, int K, int E, int32_t* meta,
+                    int32_t* pair, int32_t* tok) {
+  launch(moe_sort_kernel, 1, 1024, sizeof(int32_t) * size_t(35 * E + 1), st, ids, ldi, T, K, E, meta, pair, tok);
+  check_launch();
+}
+
+void moe_scatter_rows(cudaStream_t st, float* dst, int64_t ldd, const float* src, int64_t lds, const int32_t* idx,
+                      int64_t n, int64_t H) {
+  if (n <= 0) return;
+  launch(scatter_rows_kernel, blocks(n * H), 256, 0, st, dst, ldd, src, lds, idx, n, H);
+  check_launch();
+}
+
+void moe_combine(cudaStream_t st, float* out, int64_t ldo, const float* ybuf, const float* wts, int64_t ldw,
+                 const int32_t* ids, int64_t ldi, const ExpertDesc* experts, int E, int64_t T, int K, int64_t H) {
   launch(moe_combine_kernel, blocks(T * H), 256, 0, st, out, ldo, ybuf, wts, ldw, ids, ldi, experts, E, T, K, H);
   check_launch();
 }
