@@ -169,6 +169,8 @@ void set_pdl_enabled(bool on);
 // Decode GEMV load pipelining: rolling refill of each load slot (default) or refill after each round of kGvU
 // loads (DSFUSE_CUDA_GEMV_ROLL=0; kept for A/B measurement).
 void set_gemv_roll(bool on);
+// Opt-in persistent decode GEMV for tall weights (DSFUSE_CUDA_GEMV=persist[:B], B blocks per SM, default 2; 0 off).
+void set_gemv_persist(int blocks_per_sm);
 // kernel<<<grid, block, shm, st>>>(args...) with the PDL attribute when enabled; checks the launch.
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shm, cudaStream_t st, Args&&... args) {

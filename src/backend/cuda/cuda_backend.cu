@@ -362,6 +362,12 @@ class CudaBackend final : public Backend {
     cuda::set_pdl_enabled(cc >= 9 && !(pdl && std::string(pdl) == "0"));
     const char* roll = std::getenv("DSFUSE_CUDA_GEMV_ROLL");
     cuda::set_gemv_roll(!(roll && std::string(roll) == "0"));
+    int persist = 0;
+    if (const char* gv = std::getenv("DSFUSE_CUDA_GEMV"); gv && std::string(gv).rfind("persist", 0) == 0) {
+      const std::string v(gv);
+      persist = v.size() > 8 && v[7] == ':' ? std::max(1, std::atoi(v.c_str() + 8)) : 2;
+    }
+    cuda::set_gemv_persist(persist);
     // Split-K attention merges in its last block through these counters (zero between launches);
     // DSFUSE_CUDA_ATTN_MERGE=0: a separate combine kernel instead.
     if (const char* sm = std::getenv("DSFUSE_CUDA_SPLIT_MAX_T"); sm && *sm) split_max_T_ = std::atoll(sm);

@@ -196,6 +196,104 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
   }
 }
 
+// Persistent decode GEMV for tall weights (opt-in, DSFUSE_CUDA_GEMV=persist; not yet measured): a grid of
+// bps blocks per SM, warp gw of W takes rows gw, gw + W, ... and each lane streams its 16-byte chunks of those
+// rows (chunk slot j of a row: column chunk 32 j + lane) as one sequence, kGvU loads in flight across row ends
+// (rolling refill), the warp summing a row when its last slot is consumed. Same products and order of
+// accumulation per row as gemv_vec_kernel with S = 1. The aims: no block waves or warp exits in tall matrices
+// (lm_head, gate/up), and fewer resident blocks per SM so that the next kernel's blocks become resident early
+// and start their weight prefetch while this one streams.
+template <int TT, bool SILU, bool F8>
+__global__ void __launch_bounds__(256) gemv_persist_kernel(float* y, int64_t ldy, const float* x, int64_t ldx,
+                                                           WDesc w, int64_t N, int64_t K, int T, const void* bias,
+                                                           int btype, int64_t up) {
+  constexpr int U = SILU ? kGvU / 2 : kGvU;
+  constexpr int EPL = F8 ? 16 : 8;
+  const int lane = threadIdx.x % 32;
+  const int64_t W = int64_t(gridDim.x) * 8;
+  const int64_t gw = int64_t(blockIdx.x) * 8 + threadIdx.x / 32;
+  const int64_t KV = K / EPL;
+  const int CPR = static_cast<int>((KV + 31) / 32);  // chunk slots per row and lane
+  const int64_t rows = gw < N ? (N - 1 - gw) / W + 1 : 0;
+  const int64_t total = rows * CPR;  // this lane's chunk steps
+  const char* Wb = static_cast<const char*>(w.w);
+  const int64_t rbytes = w.ld * (F8 ? 1 : 2);
+  auto load = [&](int64_t r, int j, uint4& va, uint4& vb) {
+    const int64_t n = gw + r * W, i = int64_t(j) * 32 + lane;
+    if (i < KV) {
+      va = __ldg(reinterpret_cast<const uint4*>(Wb + n * rbytes) + i);
+      if (SILU) vb = __ldg(reinterpret_cast<const uint4*>(Wb + (n + up) * rbytes) + i);
+    }
+  };
+  uint4 a[U], b[U];
+  // Refill cursor (row, slot) of the next chunk to load.
+  int64_t lr = 0;
+  int lj = 0;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (int64_t(u) < total) load(lr, lj, a[u], b[u]);
+    if (++lj == CPR) lj = 0, ++lr;
+  }
+  pdl_entry();
+  float ag[TT], au[TT];
+#pragma unroll
+  for (int t = 0; t < TT; ++t) ag[t] = au[t] = 0.0f;
+  int64_t cr = 0;  // row and slot of the chunk being consumed
+  int cj = 0;
+  for (int64_t c0 = 0; c0 < total; c0 += U) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (c0 + u >= total) break;
+      const int64_t n = gw + cr * W, i = int64_t(cj) * 32 + lane;
+      const bool valid = i < KV;
+      float f[EPL], g[EPL];
+      if (valid) {
+        if constexpr (F8) {
+          f8x16_to_f32(a[u], __ldg(w.scale + (n / w.br) * w.sc_cols + (16 * i) / w.bc), f);
+          if (SILU) f8x16_to_f32(b[u], __ldg(w.scale + ((n + up) / w.br) * w.sc_cols + (16 * i) / w.bc), g);
+        } else {
+          bf16x8_to_f32(a[u], f);
+          if (SILU) bf16x8_to_f32(b[u], g);
+        }
+      }
+      if (c0 + u + U < total) load(lr, lj, a[u], b[u]);
+      if (++lj == CPR) lj = 0, ++lr;
+      if (valid) {
+#pragma unroll
+        for (int t = 0; t < TT; ++t) {
+          if (t >= T) break;
+          const float4* xp = reinterpret_cast<const float4*>(x + t * ldx) + (EPL / 4) * i;
+          float s = ag[t], r = au[t];
+#pragma unroll
+          for (int q = 0; q < EPL / 4; ++q) {
+            const float4 p = xp[q];
+            s = fmaf(f[4 * q], p.x, s); s = fmaf(f[4 * q + 1], p.y, s);
+            s = fmaf(f[4 * q + 2], p.z, s); s = fmaf(f[4 * q + 3], p.w, s);
+            if (SILU) {
+              r = fmaf(g[4 * q], p.x, r); r = fmaf(g[4 * q + 1], p.y, r);
+              r = fmaf(g[4 * q + 2], p.z, r); r = fmaf(g[4 * q + 3], p.w, r);
+            }
+          }
+          ag[t] = s;
+          au[t] = r;
+        }
+      }
+      if (++cj == CPR) {  // the row's last slot (the same step in every lane): sum it and start the next
+        cj = 0;
+        ++cr;
+        const float bv = !SILU && bias ? vload(bias, btype, n) : 0.0f;
+#pragma unroll
+        for (int t = 0; t < TT; ++t) {
+          const float sg = warp_sum(ag[t]);
+          const float su = SILU ? warp_sum(au[t]) : 0.0f;
+          if (lane == 0 && t < T) y[t * ldy + n] = SILU ? sg / (1.0f + expf(-sg)) * su : sg + bv;
+          ag[t] = au[t] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
 __global__ void combine_halves_kernel(float* y, int64_t ldy, const float* y2, int64_t T, int64_t N, const void* bias,
                                       int btype) {
   pdl_entry();
@@ -741,11 +839,13 @@ __global__ void read_probe_kernel(const uint4* p, int64_t n, uint32_t* sink) {
 
 bool g_pdl = false;
 bool g_gemv_roll = true;
+int g_gemv_persist_bps = 0;  // 0: off
 
 }  // namespace
 
 bool pdl_enabled() { return g_pdl; }
 void set_gemv_roll(bool on) { g_gemv_roll = on; }
+void set_gemv_persist(int blocks_per_sm) { g_gemv_persist_bps = blocks_per_sm; }
 void set_pdl_enabled(bool on) { g_pdl = on; }
 
 int gemv_split(int64_t rows) {
@@ -759,9 +859,25 @@ int gemv_split(int64_t rows) {
 }
 
 namespace {
+int gemv_sms() {
+  static int sms = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n > 0 ? n : 132;
+  }();
+  return sms;
+}
 template <int TT, bool SILU, bool F8>
 void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int T, const WDesc& w,
                      int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
+  // Persistent kernel (opt-in) when every warp of the grid gets at least two rows.
+  const int64_t pblocks = int64_t(g_gemv_persist_bps) * gemv_sms();
+  if (pblocks > 0 && N >= 2 * 8 * pblocks) {
+    launch(gemv_persist_kernel<TT, SILU, F8>, static_cast<unsigned>(pblocks), 256, 0, st, y, ldy, x, ldx, w, N, K, T,
+           bias, btype, up);
+    return;
+  }
   switch (gemv_split(N)) {
     case 1: launch(gemv_vec_kernel<TT, 1, SILU, F8>, blocks(N, 8), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
