@@ -21,7 +21,7 @@
 #   skipped to end in time), SERVE_S (load-generator time limit per throughput row; at the limit the row reports
 #   the server's own token rate from /metrics), KV_MB (server KV pool, default 60000),
 #   SERVE_ARGS (extra `dsfuse serve` flags, e.g. "--tensor-parallel 2"; SERVE_TAG is appended to those rows'
-#   names), DEVICE (default cuda), COMMIT (shown when git cannot tell), GPU_BW_GBS (bandwidth for the bounds, overrides
+#   names), BENCH_SERVE_ARGS (extra load-generator flags, e.g. "--temperature 0.6 --top-p 0.95"), DEVICE (default cuda), COMMIT (shown when git cannot tell), GPU_BW_GBS (bandwidth for the bounds, overrides
 #   the probes), HF_ARGS (extra hf_bench.py flags, e.g. --static-cache), BUILD_ONLY=1 (build and stop),
 #   SKIP_BUILD=1, plus gpu_env.sh's DSFUSE_DEBS, BUILD_DIR, JOBS.
 set -uo pipefail
@@ -143,7 +143,7 @@ serve_row() {
     local url=http://127.0.0.1:$port s2=$(date +%s)
     "${REPORT[@]}" scrape "$url" "$base.metrics0.json"
     timeout -k 5 $tb "$DSFUSE" bench serve --url "$url" --concurrency $CONC --requests $REQUESTS \
-      --prompt-len $S_PROMPT --gen-len $S_GEN --json > "$base.bench.out" 2> "$base.bench.err"
+      --prompt-len $S_PROMPT --gen-len $S_GEN ${BENCH_SERVE_ARGS:-} --json > "$base.bench.out" 2> "$base.bench.err"
     local rc=$?
     "${REPORT[@]}" scrape "$url" "$base.metrics1.json"
     "${REPORT[@]}" record --out "$JSONL" --kind dsfuse_serve --name "$name" --rc $rc --secs $(( $(date +%s) - s2 )) \

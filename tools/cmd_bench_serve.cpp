@@ -36,6 +36,7 @@ int run_bench_serve(int argc, char** argv) {
   CLI::App app{"Load-test an OpenAI-compatible server with concurrent streaming requests", "dsfuse bench serve"};
   std::string url = "http://127.0.0.1:8000", model, api_key, system_prompt_file;
   int concurrency = 8, requests = 32, prompt_len = 128, gen_len = 64, shared_prefix = 0;
+  float temperature = 0.0f, top_p = 1.0f;
   bool json_out = false;
   app.add_option("--url", url, "server base URL (http://host:port)");
   app.add_option("--model", model, "model id (default: the server's first model)");
@@ -45,6 +46,9 @@ int run_bench_serve(int argc, char** argv) {
   app.add_option("--prompt-len", prompt_len, "approximate prompt length in tokens")->check(CLI::Range(1, 1 << 20));
   app.add_option("--gen-len", gen_len, "tokens generated per request (ignore_eos)")->check(CLI::Range(1, 1 << 20));
   app.add_option("--shared-prefix", shared_prefix, "words of a system prompt shared by every request (prefix cache)");
+  app.add_option("--temperature", temperature, "sampling temperature of every request (0: greedy)")
+      ->check(CLI::Range(0.0f, 100.0f));
+  app.add_option("--top-p", top_p, "nucleus sampling of every request (1: off)")->check(CLI::Range(0.0f, 1.0f));
   app.add_flag("--json", json_out, "print one JSON line");
   CLI11_PARSE(app, argc, argv);
 
@@ -77,7 +81,8 @@ int run_bench_serve(int argc, char** argv) {
       cl.set_read_timeout(600, 0);
       for (int i; (i = next++) < requests;) {
         json body = {{"model", model}, {"prompt", prompt_of(i)}, {"max_tokens", gen_len}, {"stream", true},
-                     {"ignore_eos", true}, {"temperature", 0}, {"stream_options", {{"include_usage", true}}}};
+                     {"ignore_eos", true}, {"temperature", temperature}, {"top_p", top_p},
+                     {"stream_options", {{"include_usage", true}}}};
         const auto start = clock_type::now();
         auto last = start;
         bool first = true;
@@ -133,6 +138,8 @@ int run_bench_serve(int argc, char** argv) {
             {"requests", requests},
             {"prompt_len", prompt_len},
             {"gen_len", gen_len},
+            {"temperature", temperature},
+            {"top_p", top_p},
             {"errors", errors.load()},
             {"seconds", secs},
             {"output_tok_s", static_cast<double>(out_tokens.load()) / secs},

@@ -5,10 +5,14 @@
 #include <ctime>
 #include <cstdio>
 #include <random>
+#include <thread>
+#include <algorithm>
 
 #include "backend/cpu/kernels.h"
 #include "cli.h"
 #include "core/arena.h"
+#include "core/thread_pool.h"
+#include "sampling/sampler.h"
 #include "models/model.h"
 #include "quant/quantize.h"
 
@@ -169,9 +173,72 @@ int run_kbench_gemv(int argc, char** argv) {
   return 0;
 }
 
+// `dsfuse kbench sample`: the host sampler alone on random logits of a real vocabulary size: time per row on
+// one thread, and a batch of --rows rows drawn in parallel as the engine does (one Sampler per sequence).
+int run_kbench_sample(int argc, char** argv) {
+  CLI::App app{"Time the token sampler (per row, and a batch of rows in parallel)", "dsfuse kbench sample"};
+  int64_t V = 152064;
+  int rows = 64, threads = 0, repeat = 20;
+  float scale = 2.0f;
+  app.add_option("--vocab", V, "vocabulary size")->check(CLI::Range(2, 1 << 24));
+  app.add_option("--rows", rows, "rows per batch (sequences sampled in one step)")->check(CLI::Range(1, 4096));
+  app.add_option("--threads", threads, "threads for the batch (0: as the engine, up to 16)");
+  app.add_option("--scale", scale, "std of the random logits (larger = peakier distribution)");
+  app.add_option("--repeat", repeat, "repetitions (mean)")->check(CLI::Range(1, 100000));
+  CLI11_PARSE(app, argc, argv);
+  std::mt19937 g(5);
+  std::normal_distribution<float> nd(0, scale);
+  std::vector<float> base(static_cast<size_t>(V));
+  for (auto& v : base) v = nd(g);
+  std::vector<int32_t> ids(1024);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7919) % static_cast<size_t>(V));
+  struct Cfg {
+    const char* name;
+    sampling::SamplingParams p;
+  };
+  std::vector<Cfg> cfgs;
+  auto add = [&](const char* name, float T, int k, float top_p, float rep, int logprobs) {
+    sampling::SamplingParams p;
+    p.temperature = T, p.top_k = k, p.top_p = top_p, p.repetition_penalty = rep, p.logprobs = logprobs, p.seed = 1;
+    cfgs.push_back({name, p});
+  };
+  add("greedy", 0.0f, 0, 1.0f, 1.0f, -1);
+  add("temperature 1", 1.0f, 0, 1.0f, 1.0f, -1);
+  add("T 0.6, top_p 0.95 (R1's)", 0.6f, 0, 0.95f, 1.0f, -1);
+  add("T 0.7, top_k 50, top_p 0.9", 0.7f, 50, 0.9f, 1.0f, -1);
+  add("T 0.6, top_p 0.95, rep 1.1, logprobs 5", 0.6f, 0, 0.95f, 1.1f, 5);
+  ThreadPool pool(threads > 0 ? threads : static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u)));
+  std::printf("vocab %lld, logits ~ N(0, %.1f), %d rows per batch on %d threads\n", static_cast<long long>(V), scale,
+              rows, pool.size());
+  for (const Cfg& c : cfgs) {
+    std::vector<sampling::Sampler> ss;
+    for (int r = 0; r < rows; ++r) ss.emplace_back(c.p);
+    std::vector<std::vector<float>> buf(static_cast<size_t>(rows), base);
+    std::vector<sampling::SampleResult> res(static_cast<size_t>(rows));
+    auto one = [&](int r) {
+      auto& b = buf[static_cast<size_t>(r)];
+      std::copy(base.begin(), base.end(), b.begin());
+      ss[static_cast<size_t>(r)].sample(b, ids, 512, c.p.logprobs >= 0 ? &res[static_cast<size_t>(r)] : nullptr);
+    };
+    one(0);
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < repeat; ++i) one(0);
+    const double row_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / repeat;
+    t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < repeat; ++i)
+      pool.parallel_for(rows, [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b; r < e; ++r) one(static_cast<int>(r));
+      });
+    const double batch_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / repeat;
+    std::printf("  %-40s %9.1f us per row   %8.2f ms per batch of %d\n", c.name, row_us, batch_ms, rows);
+  }
+  return 0;
+}
+
 int run_kbench(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "mla") return run_kbench_mla(argc - 1, argv + 1);
   if (argc > 1 && std::string(argv[1]) == "gemv") return run_kbench_gemv(argc - 1, argv + 1);
+  if (argc > 1 && std::string(argv[1]) == "sample") return run_kbench_sample(argc - 1, argv + 1);
   CLI::App app{"Time one linear layer (N x K weights, T tokens) on the CPU backend", "dsfuse kbench"};
   int64_t N = 8960, K = 1536;
   int threads = 0, repeat = 20;
@@ -231,4 +298,4 @@ int run_kbench(int argc, char** argv) {
 
 }  // namespace
 
-DSFUSE_COMMAND("kbench", "time one linear layer on the CPU kernels (GEMV GB/s, GEMM GFLOP/s)", run_kbench);
+DSFUSE_COMMAND("kbench", "time kernels alone: a linear layer on the CPU (GEMV GB/s, GEMM GFLOP/s); gemv|mla on a device; sample (the token sampler)", run_kbench);

@@ -8,9 +8,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <optional>
+#include <thread>
 
 #include "core/log.h"
+#include "core/thread_pool.h"
 #include "engine/text_stream.h"
 #include "kv/block_manager.h"
 #include "models/model.h"
@@ -83,6 +86,12 @@ struct Engine::Impl {
   EngineStats st;
   std::vector<int32_t> ids, pos;
   std::vector<float> logits;
+  // Sampled rows of a step are drawn in parallel (each sequence has its own Sampler): a 152k-vocab top-p draw
+  // costs ~1-4 ms on one core, so 64 rows one after another would take longer than the GPU step itself.
+  std::unique_ptr<ThreadPool> sample_pool;
+  std::vector<int32_t> sampled_ids;
+  std::vector<sampling::SampleResult> sampled_res;
+  std::vector<std::exception_ptr> sampled_err;
   std::thread thread;
 };
 
@@ -296,7 +305,35 @@ bool Engine::Impl::step() {
     blocks->seal_full_blocks(w.s->tokens, w.s->computed, w.s->table, w.s->sealed, w.s->chain);
   }
 
-  // Postprocess: sample, stream, stop. A failure here ends only the sequence it happened in.
+  // Draw the sampled rows (in parallel when there are several large rows); logprobs only when asked for.
+  const size_t ns = sampled.size();
+  if (!greedy) {
+    sampled_ids.assign(ns, -1);
+    sampled_res.assign(ns, sampling::SampleResult{});
+    sampled_err.assign(ns, nullptr);
+    auto draw = [&](int64_t b, int64_t e, int) {
+      for (int64_t k = b; k < e; ++k) {
+        Seq& s = *sampled[static_cast<size_t>(k)];
+        std::span<float> row(logits.data() + k * static_cast<size_t>(V), static_cast<size_t>(V));
+        try {
+          const bool lp = s.sampler->params().logprobs >= 0;
+          sampled_ids[static_cast<size_t>(k)] =
+              s.sampler->sample(row, s.tokens, s.num_prompt, lp ? &sampled_res[static_cast<size_t>(k)] : nullptr);
+        } catch (...) {
+          sampled_err[static_cast<size_t>(k)] = std::current_exception();
+        }
+      }
+    };
+    if (ns >= 2 && static_cast<int64_t>(ns) * V >= (int64_t{1} << 17)) {
+      if (!sample_pool) sample_pool = std::make_unique<ThreadPool>(static_cast<int>(
+                            std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u)));
+      sample_pool->parallel_for(static_cast<int64_t>(ns), draw);
+    } else {
+      draw(0, static_cast<int64_t>(ns), 0);
+    }
+  }
+
+  // Postprocess: stream, stop. A failure here ends only the sequence it happened in.
   const size_t impl_tok_vocab = tok ? tok->vocab_size() : 0;
   for (size_t k = 0; k < sampled.size(); ++k) {
     Seq& s = *sampled[k];
@@ -307,8 +344,9 @@ bool Engine::Impl::step() {
       tok_id = sr.token = greedy_ids[k];
       DSFUSE_CHECK(tok_id >= 0 && tok_id < V, "greedy id ", tok_id, " out of range");
     } else {
-      std::span<float> row(logits.data() + k * static_cast<size_t>(V), static_cast<size_t>(V));
-      tok_id = s.sampler->sample(row, s.tokens, s.num_prompt, &sr);
+      if (sampled_err[k]) std::rethrow_exception(sampled_err[k]);
+      sr = std::move(sampled_res[k]);
+      tok_id = sr.token = sampled_ids[k];
     }
     s.tokens.push_back(tok_id);
     ++s.generated;

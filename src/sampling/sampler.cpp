@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "core/error.h"
@@ -15,6 +16,45 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Order used everywhere a ranking of tokens is needed: larger value first, then lower id.
 inline bool better(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
   return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+// 32-bit key whose ascending order is x descending (x not NaN; -0 taken as +0).
+inline uint32_t desc_key(float x) {
+  uint32_t u;
+  const float v = x == 0.0f ? 0.0f : x;
+  std::memcpy(&u, &v, sizeof(u));
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // ascending with x
+  return ~u;
+}
+
+// Sorts ids by (x descending, id ascending) given ids in ascending order: a stable LSD radix sort on the
+// 32-bit value key (3 passes of 11 bits), so equal values keep their ascending ids. O(n): the top-p candidate
+// set of a flat distribution holds 10^4-10^5 tokens, where a comparison sort through x[id] dominated.
+void sort_desc_stable(const float* x, std::vector<int32_t>& ids, std::vector<uint64_t>& a, std::vector<uint64_t>& b) {
+  const size_t n = ids.size();
+  if (n < 64) {
+    std::stable_sort(ids.begin(), ids.end(), [x](int32_t p, int32_t q) { return desc_key(x[p]) < desc_key(x[q]); });
+    return;
+  }
+  a.resize(n);
+  b.resize(n);
+  for (size_t j = 0; j < n; ++j) a[j] = (static_cast<uint64_t>(desc_key(x[ids[j]])) << 32) | static_cast<uint32_t>(ids[j]);
+  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  std::vector<uint32_t> cnt(kBuckets);
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = 32 + pass * kBits;
+    std::fill(cnt.begin(), cnt.end(), 0u);
+    for (size_t j = 0; j < n; ++j) ++cnt[(a[j] >> shift) & (kBuckets - 1)];
+    uint32_t sum = 0;
+    for (auto& c : cnt) {
+      const uint32_t t = c;
+      c = sum;
+      sum += t;
+    }
+    for (size_t j = 0; j < n; ++j) b[cnt[(a[j] >> shift) & (kBuckets - 1)]++] = a[j];
+    a.swap(b);
+  }
+  for (size_t j = 0; j < n; ++j) ids[j] = static_cast<int32_t>(a[j] & 0xffffffffu);
 }
 
 // The n best (value, id) pairs of x[0..V) under `better`, sorted best first, written to `out`
@@ -136,22 +176,31 @@ int32_t Sampler::prepare(std::span<float> logits, std::span<const int32_t> ids,
     cand_.reserve(V);
     w_.reserve(V);
   }
-  for (size_t i = 0; i < V; ++i) {
-    const float l = logits[i];
-    DSFUSE_CHECK(!std::isnan(l) && l != std::numeric_limits<float>::infinity(),
-                 "Sampler: logit of token ", i, " is ", l, " (NaN/+inf not allowed)");
-  }
+  bool bad = false;  // branch-free scan (vectorizes); the first bad token is looked up only on failure
+  for (size_t i = 0; i < V; ++i) bad |= !(logits[i] < std::numeric_limits<float>::infinity());
+  if (bad)
+    for (size_t i = 0; i < V; ++i) {
+      const float l = logits[i];
+      DSFUSE_CHECK(!std::isnan(l) && l != std::numeric_limits<float>::infinity(),
+                   "Sampler: logit of token ", i, " is ", l, " (NaN/+inf not allowed)");
+    }
   for (size_t i = 0; i < ids.size(); ++i)
     DSFUSE_CHECK(ids[i] >= 0 && static_cast<size_t>(ids[i]) < V, "Sampler: token id ", ids[i],
                  " at position ", i, " is outside the vocab [0, ", V, ")");
 
   apply_penalties(logits, ids, num_prompt);
 
-  // Max (first occurrence = lowest id on ties).
+  // Max (first occurrence = lowest id on ties): the value in a vectorizable pass, then its first index.
+  float mq[8];
+  for (int q = 0; q < 8; ++q) mq[q] = logits[0];
+  size_t i8 = 0;
+  for (; i8 + 8 <= V; i8 += 8)
+    for (int q = 0; q < 8; ++q) mq[q] = logits[i8 + q] > mq[q] ? logits[i8 + q] : mq[q];
+  float m = mq[0];
+  for (int q = 1; q < 8; ++q) m = mq[q] > m ? mq[q] : m;
+  for (; i8 < V; ++i8) m = logits[i8] > m ? logits[i8] : m;
   size_t amax = 0;
-  for (size_t i = 1; i < V; ++i)
-    if (logits[i] > logits[amax]) amax = i;
-  const float m = logits[amax];
+  while (logits[amax] != m) ++amax;
   DSFUSE_CHECK(m != kNegInf, "Sampler: every logit is -inf, no token can be sampled");
   if (params_.is_greedy()) return static_cast<int32_t>(amax);
 
@@ -178,15 +227,24 @@ int32_t Sampler::prepare(std::span<float> logits, std::span<const int32_t> ids,
   if (params_.top_p < 1.0f) {
     const double top_p = params_.top_p;
     double Z = 0.0;
+    const bool w_by_id = all_tokens_;  // w_[id] = exp(x[id]) for every token, made below
     if (all_tokens_) {
       // Only tokens with prob >= t can be in the nucleus once the tokens >= t hold mass >= top_p.
       // Try small candidate sets first; t0 = (1 - top_p) / V always qualifies, because all tokens
       // below it together hold less than 1 - top_p.
       w_.resize(V);
-      for (size_t i = 0; i < V; ++i) {
+      double zs[4] = {0.0, 0.0, 0.0, 0.0};  // four partial sums: no add latency chain
+      size_t i = 0;
+      for (; i + 4 <= V; i += 4)
+        for (int q = 0; q < 4; ++q) {
+          w_[i + q] = std::exp(x[i + q]);
+          zs[q] += w_[i + q];
+        }
+      for (; i < V; ++i) {
         w_[i] = std::exp(x[i]);
-        Z += w_[i];
+        zs[0] += w_[i];
       }
+      Z = (zs[0] + zs[1]) + (zs[2] + zs[3]);
       const double t0 = (1.0 - top_p) / static_cast<double>(V);
       for (double t : {1e-4, 1e-6, t0}) {
         const bool last = t <= t0;
@@ -206,13 +264,16 @@ int32_t Sampler::prepare(std::span<float> logits, std::span<const int32_t> ids,
     } else {
       for (int32_t id : cand_) Z += std::exp(x[id]);
     }
-    std::sort(cand_.begin(), cand_.end(),
-              [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
+    // By probability descending, ties by lower id (cand_ is in ascending id order here).
+    sort_desc_stable(x, cand_, keys_, keys2_);
     // Keep a token iff the mass strictly before it is < top_p (HF: drop cumsum_asc <= 1 - top_p).
     const double limit = top_p * Z;
     double before = 0.0;
     size_t keep = 0;
-    while (keep < cand_.size() && before < limit) before += std::exp(x[cand_[keep++]]);
+    while (keep < cand_.size() && before < limit) {
+      const int32_t id = cand_[keep++];
+      before += w_by_id ? w_[id] : std::exp(x[id]);  // the same float exp either way
+    }
     cand_.resize(std::max<size_t>(keep, 1));
   }
 
@@ -236,10 +297,18 @@ int32_t Sampler::prepare(std::span<float> logits, std::span<const int32_t> ids,
   wsum_ = 0.0;
   if (all_tokens_) {
     w_.resize(V);
-    for (size_t i = 0; i < V; ++i) {
+    double ws[4] = {0.0, 0.0, 0.0, 0.0};  // four partial sums: no add latency chain
+    size_t i = 0;
+    for (; i + 4 <= V; i += 4)
+      for (int q = 0; q < 4; ++q) {
+        w_[i + q] = std::exp(x[i + q]);
+        ws[q] += w_[i + q];
+      }
+    for (; i < V; ++i) {
       w_[i] = std::exp(x[i]);
-      wsum_ += w_[i];
+      ws[0] += w_[i];
     }
+    wsum_ = (ws[0] + ws[1]) + (ws[2] + ws[3]);
   } else {
     w_.resize(cand_.size());
     for (size_t j = 0; j < cand_.size(); ++j) {
@@ -280,10 +349,19 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> ids, s
   if (out) {
     out->token = tok;
     out->processed_logprob = processed;
-    float m = raw_[0];
-    for (size_t i = 1; i < V; ++i) m = std::max(m, raw_[i]);
-    double s = 0.0;
-    for (size_t i = 0; i < V; ++i) s += std::exp(raw_[i] - m);  // float exp, double sum
+    float mq[8];
+    for (int q = 0; q < 8; ++q) mq[q] = raw_[0];
+    size_t i = 0;
+    for (; i + 8 <= V; i += 8)
+      for (int q = 0; q < 8; ++q) mq[q] = std::max(mq[q], raw_[i + q]);
+    for (; i < V; ++i) mq[0] = std::max(mq[0], raw_[i]);
+    float m = mq[0];
+    for (int q = 1; q < 8; ++q) m = std::max(m, mq[q]);
+    double sq[4] = {0.0, 0.0, 0.0, 0.0};  // float exp, double sums (four: no add latency chain)
+    for (i = 0; i + 4 <= V; i += 4)
+      for (int q = 0; q < 4; ++q) sq[q] += std::exp(raw_[i + q] - m);
+    for (; i < V; ++i) sq[0] += std::exp(raw_[i] - m);
+    const double s = (sq[0] + sq[1]) + (sq[2] + sq[3]);
     const double lse = static_cast<double>(m) + std::log(s);
     out->logprob = static_cast<float>(static_cast<double>(raw_[tok]) - lse);
     out->top.clear();

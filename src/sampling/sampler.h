@@ -60,7 +60,9 @@ struct SampleResult {
 // One Sampler per sequence/request (holds the RNG and scratch buffers); not thread-safe.
 // Cost per call: O(vocab) passes (one expf pass for plain temperature sampling, two with top-p and
 // no top-k, one more for logprobs) + O(len(ids)) for penalties; top-k is a bounded-heap selection,
-// top-p only sorts the tokens above a probability threshold that provably contains the nucleus.
+// top-p only sorts the tokens above a probability threshold that provably contains the nucleus (a stable radix
+// sort on the value). Measured (`dsfuse kbench sample`, vocab 152k, one core): ~0.85 ms with temperature 0.6 +
+// top-p 0.95 on a flat distribution, ~0.4 ms temperature only.
 // Buffers grow on the first call for a vocab size and are reused afterwards.
 class Sampler {
  public:
@@ -102,6 +104,7 @@ class Sampler {
   uint32_t epoch_ = 0;
   std::vector<int32_t> touched_;      // distinct ids touched by the current penalty pass
   std::vector<int32_t> cand_;         // candidate token ids
+  std::vector<uint64_t> keys_, keys2_;  // radix-sort buffers for the top-p candidates
   std::vector<float> w_;              // unnormalized probabilities exp(x - max)
   std::vector<std::pair<float, int32_t>> heap_;  // top-n selection
   bool all_tokens_ = false;
