@@ -119,6 +119,10 @@ class Staged final : public Backend {
     in_->argmax_rows(dev(ids), dev(x));
     flush();
   }
+  void sample_rows(TensorView ids, const TensorView& x, const SampleRowParams* params) override {
+    in_->sample_rows(dev(ids), dev(x), params);  // params stay on the host (the op stages them)
+    flush();
+  }
   void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs) override {
     in_->copy_rows_segs(dev(dst), dev(src), segs);
     flush();
@@ -457,6 +461,53 @@ TEST_P(BackendOps, ArgmaxRows) {
   ref->argmax_rows(TensorView(b.data(), DType::I32, {R}), TensorView(x.data(), DType::F32, {R, V}));
   EXPECT_EQ(a, b);
   EXPECT_EQ(a, (std::vector<int32_t>{5, 7, static_cast<int32_t>(V - 1)}));
+}
+
+// Token choice per row (ops/sample_rows.h) against the host reference, over a real vocabulary size: greedy rows,
+// temperature only, top-k / top-p / min-p alone and together, rows with many exactly tied logits (the top-p
+// boundary inside a tie class) and banned (-inf) tokens. The device's expf may differ from the host's in the last
+// bit, which moves a pick only when a draw lands within ~1e-7 of a boundary: at most one row of 96 may differ,
+// and then only to a token next to the reference's in the draw order.
+TEST_P(BackendOps, SampleRows) {
+  const int64_t R = 96, V = 152064;
+  auto x = randn(R * V, 21, 2.0f);
+  std::vector<SampleRowParams> ps(R);
+  std::mt19937_64 g(3);
+  std::uniform_real_distribution<double> ud(0.0, 1.0);
+  for (int64_t r = 0; r < R; ++r) {
+    SampleRowParams& p = ps[r];
+    const int kind = static_cast<int>(r % 8);
+    p.temperature = kind == 0 ? 0.0f : kind % 2 ? 0.6f : 1.0f;
+    p.top_k = kind == 2 || kind == 6 ? 40 : kind == 7 ? 1 : 0;
+    p.top_p = kind == 3 || kind == 6 ? 0.95f : kind == 5 ? 0.5f : 1.0f;
+    p.min_p = kind == 4 || kind == 6 ? 0.05f : 0.0f;
+    p.u = ud(g);
+    float* row = x.data() + r * V;
+    if (r % 3 == 0)
+      for (int64_t i = 0; i < V; ++i) row[i] = std::round(row[i] * 2.0f) / 2.0f;  // ties everywhere
+    row[(r * 7919) % V] = -std::numeric_limits<float>::infinity();
+  }
+  std::vector<int32_t> a(R), b(R);
+  be->sample_rows(TensorView(a.data(), DType::I32, {R}), TensorView(x.data(), DType::F32, {R, V}), ps.data());
+  ref->sample_rows(TensorView(b.data(), DType::I32, {R}), TensorView(x.data(), DType::F32, {R, V}), ps.data());
+  int differ = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    ASSERT_GE(a[r], 0) << "row " << r;
+    ASSERT_LT(a[r], V) << "row " << r;
+    if (a[r] != b[r]) {
+      ++differ;
+      // Allowed only at a boundary: the draw just above or below gives the device's token on the host.
+      SampleRowParams lo = ps[r], hi = ps[r];
+      lo.u = std::max(0.0, lo.u - 1e-6), hi.u = std::min(1.0 - 1e-12, hi.u + 1e-6);
+      const float* row = x.data() + r * V;
+      EXPECT_TRUE(sample_row_reference(row, V, lo) == a[r] || sample_row_reference(row, V, hi) == a[r])
+          << "row " << r << ": device " << a[r] << ", reference " << b[r] << " (not at a boundary)";
+    }
+    if (ps[r].temperature == 0.0f) EXPECT_EQ(a[r], b[r]) << "greedy row " << r;
+  }
+  std::printf("[ops] %-6s sample_rows: %d of %lld rows differ from the reference (boundary draws)\n",
+              GetParam().c_str(), differ, static_cast<long long>(R));
+  EXPECT_LE(differ, 1);
 }
 
 // Several sequences in one call over a paged pool: prefill chunks and decode tokens mixed, tables out of order.

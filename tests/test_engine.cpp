@@ -4,10 +4,12 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "engine/engine.h"
 #include "kv/block_manager.h"
+#include "models/model.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
 
@@ -246,6 +248,41 @@ TEST(Engine, SeededSamplingBatchedEqualsAlone) {
     EXPECT_EQ(batched[i], one[0]) << "request " << i;
     EXPECT_EQ(batched[i].size(), 12u);
   }
+}
+
+// The same on the GPU with the choice made on the device (DSFUSE_CUDA_SAMPLING=1): only ids leave the GPU, and
+// each sequence's seeded draws still make batched equal to alone.
+TEST(Engine, CudaDeviceSamplingBatchedEqualsAlone) {
+  if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
+  setenv("DSFUSE_CUDA_SAMPLING", "1", 1);
+  LoadOptions o;
+  o.device = "cuda";
+  auto model = Model::load(kDefaultModel, o);
+  unsetenv("DSFUSE_CUDA_SAMPLING");
+  ASSERT_TRUE(batch_model(*model).device_sampling());
+  std::vector<EngineRequest> reqs;
+  for (int i = 0; i < 24; ++i) {
+    EngineRequest r = greedy(prompt_of(6 + i % 5, 300 + i, 4096), 10);
+    r.sampling.temperature = i % 6 == 0 ? 0.0f : 0.9f;
+    r.sampling.top_p = 0.95f;
+    r.sampling.top_k = i % 3 == 0 ? 40 : 0;
+    r.sampling.min_p = i % 4 == 0 ? 0.02f : 0.0f;
+    r.sampling.seed = 2000 + static_cast<uint64_t>(i);
+    reqs.push_back(r);
+  }
+  EngineConfig cfg;
+  cfg.kv_memory_bytes = size_t{64} << 20;
+  Engine together(*model, nullptr, cfg);
+  auto batched = run_concurrently(together, reqs);
+  Engine alone(*model, nullptr, cfg);
+  int distinct = 0;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto one = run_concurrently(alone, {reqs[i]});
+    EXPECT_EQ(batched[i], one[0]) << "request " << i;
+    EXPECT_EQ(batched[i].size(), 10u);
+    distinct += batched[i] != batched[0];
+  }
+  EXPECT_GT(distinct, 0);  // different seeds and prompts: not all the same continuation
 }
 
 TEST(Engine, BatchedDecodeThroughputReport) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/sample_rows.h"
 #include "sampling/generation_config.h"
 #include "sampling/sampler.h"
 #include "test_util.h"
@@ -520,6 +521,53 @@ TEST(Sampler, RejectsBadInputsWithClearErrors) {
 }
 
 // ---------------------------------------------------------------- large vocab
+
+// Backend::sample_rows' reference (ops/sample_rows.h, what the device kernel computes) draws from the same
+// distribution as the host Sampler: over a fine grid of uniform draws, each token is picked with the Sampler's
+// probability (up to the grid and the 2^-40 fixed point), for temperature, top-k (with ties), top-p, min-p.
+TEST(SampleRows, ReferenceMatchesSamplerDistribution) {
+  struct Cfg {
+    float T;
+    int k;
+    float top_p, min_p;
+    float scale;
+    bool ties;
+  };
+  const std::vector<Cfg> cfgs = {{1.0f, 0, 1.0f, 0.0f, 2.0f, false},   {0.6f, 0, 0.95f, 0.0f, 2.0f, false},
+                                 {0.7f, 50, 0.9f, 0.0f, 3.0f, false},  {1.0f, 20, 1.0f, 0.0f, 1.0f, true},
+                                 {0.8f, 0, 0.5f, 0.0f, 1.0f, true},    {1.2f, 0, 1.0f, 0.05f, 2.0f, false},
+                                 {0.5f, 100, 0.8f, 0.02f, 4.0f, true}, {1.0f, 1, 1.0f, 0.0f, 2.0f, false}};
+  const size_t V = 400;
+  const int N = 8000;
+  for (size_t ci = 0; ci < cfgs.size(); ++ci) {
+    const Cfg& c = cfgs[ci];
+    auto l = random_logits(V, c.scale, 77 + ci);
+    if (c.ties)
+      for (auto& v : l) v = std::round(v * 2.0f) / 2.0f;  // many exactly equal logits
+    l[5] = -std::numeric_limits<float>::infinity();           // a banned token
+    SamplingParams sp = seeded(1);
+    sp.temperature = c.T, sp.top_k = c.k, sp.top_p = c.top_p, sp.min_p = c.min_p;
+    Sampler s(sp);
+    std::map<int32_t, double> want;
+    for (auto [id, pr] : dist(s, l)) want[id] = pr;
+    SampleRowParams rp;
+    rp.temperature = c.T, rp.top_k = c.k, rp.top_p = c.top_p, rp.min_p = c.min_p;
+    std::map<int32_t, int> got;
+    for (int j = 0; j < N; ++j) {
+      rp.u = (j + 0.5) / N;
+      ++got[sample_row_reference(l.data(), static_cast<int64_t>(V), rp)];
+    }
+    for (const auto& [id, n] : got) EXPECT_TRUE(want.count(id)) << "cfg " << ci << ": token " << id << " outside the support";
+    for (const auto& [id, pr] : want) {
+      const double f = got.count(id) ? double(got[id]) / N : 0.0;
+      EXPECT_NEAR(f, pr, 1.5 / N + 1e-9) << "cfg " << ci << " token " << id;
+    }
+  }
+  // Greedy rows: the argmax, lowest id on ties.
+  std::vector<float> t = {1.0f, 3.0f, 3.0f, -1.0f};
+  SampleRowParams g;
+  EXPECT_EQ(sample_row_reference(t.data(), 4, g), 1);
+}
 
 TEST(Sampler, LargeVocabSpeedSanity) {
   const size_t V = 129280;  // DeepSeek-V3 vocab

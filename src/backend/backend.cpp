@@ -25,6 +25,12 @@ void Backend::argmax_rows(TensorView ids, const TensorView& x) {
   }
 }
 
+void Backend::sample_rows(TensorView ids, const TensorView& x, const SampleRowParams* params) {
+  const int64_t R = x.shape[0], V = x.shape[1];
+  for (int64_t r = 0; r < R; ++r)
+    ids.ptr<int32_t>()[r] = sample_row_reference(x.ptr<float>() + r * x.stride[0], V, params[r]);
+}
+
 void Backend::copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs) {
   for (const SeqSegment& s : segs) copy_rows(dst, s.past, src.rows(s.t0, s.t0 + s.n), s.rows);
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/sample_rows.h"
 
 namespace dsfuse {
 
@@ -150,6 +151,12 @@ class Backend {
 
   // ids[r] = argmax_j x[r, j] (lowest j on ties)  // ids [R] i32, x [R, V] f32
   virtual void argmax_rows(TensorView ids, const TensorView& x);
+  // ids[r] = the token chosen from row r of x with params[r] (host array of R), as ops/sample_rows.h defines
+  // (temperature, top-k, top-p, min-p and the row's uniform draw).  // ids [R] i32, x [R, V] f32
+  // The default runs the reference on host memory; a device backend chooses on the device (only ids move).
+  virtual void sample_rows(TensorView ids, const TensorView& x, const SampleRowParams* params);
+  // Whether sample_rows runs on the device (the engine then sends eligible sampled steps there).
+  virtual bool device_sampling() const { return false; }
 
   // Batched forms over every segment of a batch (one launch on a device backend); the defaults loop over
   // the segments with the single-sequence ops above.

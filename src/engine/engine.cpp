@@ -287,10 +287,32 @@ bool Engine::Impl::step() {
     greedy = greedy && sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
              sp.frequency_penalty == 0.0f && sp.logprobs < 0;
   }
-  std::vector<int32_t> greedy_ids(greedy ? sampled.size() : 0);
-  if (!greedy) logits.resize(logit_rows.size() * static_cast<size_t>(V));
+  // Device sampling: when the model chooses on its device and no sampled row needs penalties or logprobs,
+  // the rows' temperature / top-k / top-p / min-p and one uniform draw from each sequence's own RNG go to the
+  // device and only the ids come back (ops/sample_rows.h).
+  bool on_device = !greedy && !sampled.empty() && model.device_sampling();
+  for (const Seq* q : sampled) {
+    const auto& sp = q->sampler->params();
+    on_device = on_device && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
+                sp.frequency_penalty == 0.0f && sp.logprobs < 0;
+  }
+  std::vector<SampleRowParams> row_params;
+  if (on_device)
+    for (Seq* q : sampled) {
+      const auto& sp = q->sampler->params();
+      SampleRowParams rp;
+      rp.temperature = sp.temperature;
+      rp.top_k = sp.top_k;
+      rp.top_p = sp.top_p;
+      rp.min_p = sp.min_p;
+      rp.u = sp.is_greedy() ? 0.0 : q->sampler->next_uniform();  // greedy rows draw nothing, as on the host
+      row_params.push_back(rp);
+    }
+  std::vector<int32_t> greedy_ids(greedy || on_device ? sampled.size() : 0);
+  if (!greedy && !on_device) logits.resize(logit_rows.size() * static_cast<size_t>(V));
   try {
     if (greedy) model.forward_batch_greedy(b, *pool, logit_rows, greedy_ids.data());
+    else if (on_device) model.forward_batch_sample(b, *pool, logit_rows, row_params.data(), greedy_ids.data());
     else model.forward_batch(b, *pool, logit_rows, logits.data());
   } catch (const std::exception& e) {
     for (const Work& w : work) w.s->cancelled = true;
@@ -307,7 +329,7 @@ bool Engine::Impl::step() {
 
   // Draw the sampled rows (in parallel when there are several large rows); logprobs only when asked for.
   const size_t ns = sampled.size();
-  if (!greedy) {
+  if (!greedy && !on_device) {
     sampled_ids.assign(ns, -1);
     sampled_res.assign(ns, sampling::SampleResult{});
     sampled_err.assign(ns, nullptr);
@@ -340,9 +362,9 @@ bool Engine::Impl::step() {
     try {
     sampling::SampleResult sr;
     int32_t tok_id;
-    if (greedy) {
+    if (greedy || on_device) {
       tok_id = sr.token = greedy_ids[k];
-      DSFUSE_CHECK(tok_id >= 0 && tok_id < V, "greedy id ", tok_id, " out of range");
+      DSFUSE_CHECK(tok_id >= 0 && tok_id < V, on_device ? "device-sampled" : "greedy", " id ", tok_id, " out of range");
     } else {
       if (sampled_err[k]) std::rethrow_exception(sampled_err[k]);
       sr = std::move(sampled_res[k]);

@@ -265,6 +265,25 @@ void BatchModel::forward_batch_greedy(const Batch& b, KVCache& pool, const std::
   }
 }
 
+void BatchModel::forward_batch_sample(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                                      const SampleRowParams* params, int32_t* ids) {
+  const size_t V = static_cast<size_t>(vocab_size());
+  std::vector<float> logits(logit_rows.size() * V);
+  forward_batch(b, pool, logit_rows, logits.data());
+  for (size_t i = 0; i < logit_rows.size(); ++i)
+    ids[i] = sample_row_reference(logits.data() + i * V, static_cast<int64_t>(V), params[i]);
+}
+
+void CausalLM::forward_batch_sample(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                                    const SampleRowParams* params, int32_t* ids) {
+  const TensorView out = forward_logits(b, pool, logit_rows);
+  if (out.empty()) return;
+  const int64_t L = out.shape[0];
+  TensorView d_ids = arena_.alloc(DType::I32, {L});
+  be_.sample_rows(d_ids, out, params);
+  if (ids) be_.copy_to_host(ids, d_ids.data, d_ids.nbytes());
+}
+
 void CausalLM::forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) {
   const TensorView out = forward_logits(b, pool, logit_rows);
   if (logits && !out.empty()) be_.copy_to_host(logits, out.data, out.nbytes());

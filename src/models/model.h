@@ -106,6 +106,12 @@ class BatchModel {
   // device backend only the ids leave the device. The default copies the logits and takes argmax on the host.
   virtual void forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
                                     int32_t* ids);
+  // Like forward_batch_greedy with each row's choice made by Backend::sample_rows (params: one per logit row).
+  // The default copies the logits and runs the host reference.
+  virtual void forward_batch_sample(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                                    const SampleRowParams* params, int32_t* ids);
+  // Whether forward_batch_sample chooses on the device (the engine then uses it for eligible sampled steps).
+  virtual bool device_sampling() const { return false; }
 };
 
 // The batched model behind a Model returned by Model::load / load_dummy.
@@ -137,6 +143,9 @@ class CausalLM : public BatchModel {
   void forward_batch(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits) override;
   void forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
                             int32_t* ids) override;
+  void forward_batch_sample(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                            const SampleRowParams* params, int32_t* ids) override;
+  bool device_sampling() const override { return be_.device_sampling(); }
 
  protected:
   // x [T, H] holds the embeddings on entry; runs every decoder layer in place, writing each segment's

@@ -83,7 +83,13 @@ void TPGroup::forward_batch_greedy(const Batch& b, KVCache& pool, const std::vec
   run(b, pool, logit_rows, nullptr, ids);
 }
 
-void TPGroup::run(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits, int32_t* ids) {
+void TPGroup::forward_batch_sample(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                                   const SampleRowParams* params, int32_t* ids) {
+  run(b, pool, logit_rows, nullptr, ids, params);
+}
+
+void TPGroup::run(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits, int32_t* ids,
+                  const SampleRowParams* params) {
   auto& tp = dynamic_cast<TPCache&>(pool);
   // Binding on every call is cheap, and rank 0 runs on the caller's thread, which may have used another GPU
   // since (loading, cache allocation). Every rank holds the gathered logits; rank 0 returns them, or with ids
@@ -91,7 +97,8 @@ void TPGroup::run(const Batch& b, KVCache& pool, const std::vector<int64_t>& log
   auto job = [&](int r) {
     CausalLM& lm = *ranks_[static_cast<size_t>(r)];
     lm.backend().bind_thread();
-    if (r == 0 && ids) lm.forward_batch_greedy(b, tp.rank(r), logit_rows, ids);
+    if (r == 0 && ids && params) lm.forward_batch_sample(b, tp.rank(r), logit_rows, params, ids);
+    else if (r == 0 && ids) lm.forward_batch_greedy(b, tp.rank(r), logit_rows, ids);
     else lm.forward_batch(b, tp.rank(r), logit_rows, r == 0 ? logits : nullptr);
   };
   {

@@ -39,9 +39,14 @@ class TPGroup final : public BatchModel {
   // The same with rank 0 taking the greedy choice on its device (only the ids come back to the host).
   void forward_batch_greedy(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
                             int32_t* ids) override;
+  // And with rank 0 choosing by Backend::sample_rows on its device.
+  void forward_batch_sample(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows,
+                            const SampleRowParams* params, int32_t* ids) override;
+  bool device_sampling() const override { return ranks_[0]->device_sampling(); }
 
  private:
-  void run(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits, int32_t* ids);
+  void run(const Batch& b, KVCache& pool, const std::vector<int64_t>& logit_rows, float* logits, int32_t* ids,
+           const SampleRowParams* params = nullptr);
   void worker(int r);
   std::vector<CausalLM*> ranks_;
   Backend& be0_;

@@ -83,6 +83,9 @@ class Sampler {
                                                        size_t num_prompt);
 
   const SamplingParams& params() const { return params_; }
+  // The uniform draw in [0, 1) a sample() would use (advances the RNG the same way): for choosing on a device
+  // (Backend::sample_rows) with this sequence's seeded stream.
+  double next_uniform() { return uniform01(); }
   void reseed(uint64_t seed) { rng_.seed(seed); }
 
  private:

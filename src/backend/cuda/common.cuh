@@ -9,6 +9,7 @@
 
 #include "backend/backend.h"
 #include "core/tensor.h"
+#include "ops/sample_rows.h"
 
 namespace dsfuse::cuda {
 
@@ -255,6 +256,9 @@ void moe_scatter_rows(cudaStream_t st, float* dst, int64_t ldd, const float* src
 // out[t] = sum_j wts[t, j] ybuf[t K + j] over the slots whose expert is on this rank (fixed order j = 0..K-1).
 void moe_combine(cudaStream_t st, float* out, int64_t ldo, const float* ybuf, const float* wts, int64_t ldw,
                  const int32_t* ids, int64_t ldi, const ExpertDesc* experts, int E, int64_t T, int K, int64_t H);
+// ids[r] = the token chosen from logits row r with params[r] (device array), as ops/sample_rows.h defines.
+void sample_rows(cudaStream_t st, int32_t* ids, const float* logits, int64_t ld, int64_t R, int64_t V,
+                 const SampleRowParams* params);
 // ids[r] = argmax x[r, :] (lowest index on ties)
 // scratch: argmax_scratch_bytes(R)
 void argmax_rows(cudaStream_t st, int32_t* ids, const float* x, int64_t ldx, int64_t R, int64_t V, void* scratch);

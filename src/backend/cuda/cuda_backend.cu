@@ -372,6 +372,7 @@ class CudaBackend final : public Backend {
     // DSFUSE_CUDA_ATTN_MERGE=0: a separate combine kernel instead.
     if (const char* sm = std::getenv("DSFUSE_CUDA_SPLIT_MAX_T"); sm && *sm) split_max_T_ = std::atoll(sm);
     if (const char* mg = std::getenv("DSFUSE_CUDA_MOE_GEMM_PAIRS"); mg && *mg) moe_gemm_pairs_ = std::atoll(mg);
+    if (const char* ds = std::getenv("DSFUSE_CUDA_SAMPLING"); ds && std::string(ds) == "1") device_sampling_ = true;
     if (const char* bp = std::getenv("DSFUSE_CUDA_ATTN_BLOCKS_PER_SM"); bp && std::atoi(bp) > 0)
       attn_bps_ = std::atoi(bp);
     const char* am = std::getenv("DSFUSE_CUDA_ATTN_MERGE");
@@ -786,6 +787,15 @@ class CudaBackend final : public Backend {
     cuda::moe_route(stream_, ids.ptr<int32_t>(), ids.stride[0], weights.ptr<float>(), weights.stride[0],
                     logits.ptr<float>(), logits.stride[0], d_bias, T, p);
   }
+
+  void sample_rows(TensorView ids, const TensorView& x, const SampleRowParams* params) override {
+    Prof prof(this, "sample_rows");
+    Op op(this);
+    const int64_t R = x.shape[0], V = x.shape[1];
+    const SampleRowParams* d = stage(params, R);
+    cuda::sample_rows(stream_, ids.ptr<int32_t>(), x.ptr<float>(), x.stride[0], R, V, d);
+  }
+  bool device_sampling() const override { return device_sampling_; }
 
   void moe_experts(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
                    const std::vector<ExpertWeights>& experts) override {
@@ -1261,6 +1271,9 @@ class CudaBackend final : public Backend {
   int64_t split_max_T_ = 256;
   // moe_experts: steps with more (token, expert) pairs than this take the GEMM path (DSFUSE_CUDA_MOE_GEMM_PAIRS).
   int64_t moe_gemm_pairs_ = 8192;
+  // The engine sends eligible sampled steps to sample_rows (DSFUSE_CUDA_SAMPLING=1; off until the kernel has run
+  // on a GPU: it was written without one).
+  bool device_sampling_ = false;
   int attn_bps_ = 0;  // 0: by step size
   bool f32_ = false, graphs_ = true, profile_ = false, mla_heads_ = false;
   // MLA kernel after the opt-in heads one: Auto = tensor cores, tc2 from 16 tokens per step; Tc / Tc2 forced;
