@@ -308,11 +308,11 @@ bool Engine::Impl::step() {
       rp.u = sp.is_greedy() ? 0.0 : q->sampler->next_uniform();  // greedy rows draw nothing, as on the host
       row_params.push_back(rp);
     }
-  std::vector<int32_t> greedy_ids(greedy || on_device ? sampled.size() : 0);
+  std::vector<int32_t> chosen_ids(greedy || on_device ? sampled.size() : 0);
   if (!greedy && !on_device) logits.resize(logit_rows.size() * static_cast<size_t>(V));
   try {
-    if (greedy) model.forward_batch_greedy(b, *pool, logit_rows, greedy_ids.data());
-    else if (on_device) model.forward_batch_sample(b, *pool, logit_rows, row_params.data(), greedy_ids.data());
+    if (greedy) model.forward_batch_greedy(b, *pool, logit_rows, chosen_ids.data());
+    else if (on_device) model.forward_batch_sample(b, *pool, logit_rows, row_params.data(), chosen_ids.data());
     else model.forward_batch(b, *pool, logit_rows, logits.data());
   } catch (const std::exception& e) {
     for (const Work& w : work) w.s->cancelled = true;
@@ -363,7 +363,7 @@ bool Engine::Impl::step() {
     sampling::SampleResult sr;
     int32_t tok_id;
     if (greedy || on_device) {
-      tok_id = sr.token = greedy_ids[k];
+      tok_id = sr.token = chosen_ids[k];
       DSFUSE_CHECK(tok_id >= 0 && tok_id < V, on_device ? "device-sampled" : "greedy", " id ", tok_id, " out of range");
     } else {
       if (sampled_err[k]) std::rethrow_exception(sampled_err[k]);
