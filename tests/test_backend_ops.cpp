@@ -234,6 +234,21 @@ struct WeightSet {
   }
 };
 
+// E experts of bf16 weights (gate, up [I, Hd], down [Hd, I]); expert e's from seeds sg + e, su + e, sd + e. The
+// bytes live in `keep`.
+std::vector<ExpertWeights> bf16_experts(int64_t E, int64_t I, int64_t Hd, uint32_t sg, uint32_t su, uint32_t sd,
+                                        std::vector<std::unique_ptr<WeightSet>>& keep) {
+  std::vector<ExpertWeights> experts;
+  for (int64_t e = 0; e < E; ++e) {
+    keep.push_back(std::make_unique<WeightSet>(I, Hd, sg + static_cast<uint32_t>(e)));
+    keep.push_back(std::make_unique<WeightSet>(I, Hd, su + static_cast<uint32_t>(e)));
+    keep.push_back(std::make_unique<WeightSet>(Hd, I, sd + static_cast<uint32_t>(e)));
+    experts.push_back({keep[keep.size() - 3]->all[1].second, keep[keep.size() - 2]->all[1].second,
+                       keep[keep.size() - 1]->all[1].second});
+  }
+  return experts;
+}
+
 TEST_P(BackendOps, Linear) {
   for (auto [N, K, T] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {37, 130, 1}, {300, 260, 5}, {64, 64, 33}}) {
     WeightSet ws(N, K, static_cast<uint32_t>(N * 7 + K));
@@ -584,14 +599,7 @@ TEST_P(BackendOps, MoeRoutingAndExperts) {
   }
   // Experts: gathered-per-expert CPU path vs per-token reference loop.
   std::vector<std::unique_ptr<WeightSet>> keep;
-  std::vector<ExpertWeights> experts;
-  for (int e = 0; e < E; ++e) {
-    keep.push_back(std::make_unique<WeightSet>(I, Hd, 10 + e));
-    keep.push_back(std::make_unique<WeightSet>(I, Hd, 30 + e));
-    keep.push_back(std::make_unique<WeightSet>(Hd, I, 50 + e));
-    experts.push_back({keep[keep.size() - 3]->all[1].second, keep[keep.size() - 2]->all[1].second,
-                       keep[keep.size() - 1]->all[1].second});
-  }
+  const std::vector<ExpertWeights> experts = bf16_experts(E, I, Hd, 10, 30, 50, keep);
   auto x = randn(T * Hd, 7);
   std::vector<int32_t> ids(T * 2);
   std::vector<float> w(T * 2);
@@ -609,14 +617,7 @@ TEST_P(BackendOps, MoeRoutingAndExperts) {
 TEST_P(BackendOps, MoeExpertsLargeStep) {
   const int64_t T = 4200, Hd = 24, I = 16, E = 41;
   std::vector<std::unique_ptr<WeightSet>> keep;
-  std::vector<ExpertWeights> experts;
-  for (int e = 0; e < E; ++e) {
-    keep.push_back(std::make_unique<WeightSet>(I, Hd, 100 + e));
-    keep.push_back(std::make_unique<WeightSet>(I, Hd, 200 + e));
-    keep.push_back(std::make_unique<WeightSet>(Hd, I, 300 + e));
-    experts.push_back({keep[keep.size() - 3]->all[1].second, keep[keep.size() - 2]->all[1].second,
-                       keep[keep.size() - 1]->all[1].second});
-  }
+  const std::vector<ExpertWeights> experts = bf16_experts(E, I, Hd, 100, 200, 300, keep);
   auto x = randn(T * Hd, 17);
   std::vector<int32_t> ids(T * 2);
   std::vector<float> w(T * 2);

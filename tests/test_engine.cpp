@@ -222,8 +222,22 @@ TEST(BlockManager, PrefixReuseRefcountsAndLru) {
   EXPECT_EQ(bm.num_used(), 0);
 }
 
-// Not a timed test: prints per-token decode time alone vs. in a batch of 8 (the benchmark lives in
-// `dsfuse bench`); checks only that batching produced every token.
+// Runs reqs together through one engine, then each alone through another: same ids, n each. Returns the ids.
+std::vector<std::vector<int32_t>> expect_batched_equals_alone(Model& model, const std::vector<EngineRequest>& reqs,
+                                                              size_t n) {
+  EngineConfig cfg;
+  cfg.kv_memory_bytes = size_t{64} << 20;
+  Engine together(model, nullptr, cfg);
+  auto batched = run_concurrently(together, reqs);
+  Engine alone(model, nullptr, cfg);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto one = run_concurrently(alone, {reqs[i]});
+    EXPECT_EQ(batched[i], one[0]) << "request " << i;
+    EXPECT_EQ(batched[i].size(), n);
+  }
+  return batched;
+}
+
 // Sampled requests (each with its own seeded Sampler) get the same tokens together as alone: 40 rows of the
 // default model's 4,096-token vocabulary per step take the engine's parallel sampling path.
 TEST(Engine, SeededSamplingBatchedEqualsAlone) {
@@ -238,16 +252,7 @@ TEST(Engine, SeededSamplingBatchedEqualsAlone) {
     if (i % 4 == 0) r.sampling.logprobs = 2;
     reqs.push_back(r);
   }
-  EngineConfig cfg;
-  cfg.kv_memory_bytes = size_t{64} << 20;
-  Engine together(*model, nullptr, cfg);
-  auto batched = run_concurrently(together, reqs);
-  Engine alone(*model, nullptr, cfg);
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    auto one = run_concurrently(alone, {reqs[i]});
-    EXPECT_EQ(batched[i], one[0]) << "request " << i;
-    EXPECT_EQ(batched[i].size(), 12u);
-  }
+  expect_batched_equals_alone(*model, reqs, 12);
 }
 
 // The same on the GPU with the choice made on the device (DSFUSE_CUDA_SAMPLING=1): only ids leave the GPU, and
@@ -270,21 +275,14 @@ TEST(Engine, CudaDeviceSamplingBatchedEqualsAlone) {
     r.sampling.seed = 2000 + static_cast<uint64_t>(i);
     reqs.push_back(r);
   }
-  EngineConfig cfg;
-  cfg.kv_memory_bytes = size_t{64} << 20;
-  Engine together(*model, nullptr, cfg);
-  auto batched = run_concurrently(together, reqs);
-  Engine alone(*model, nullptr, cfg);
+  const auto batched = expect_batched_equals_alone(*model, reqs, 10);
   int distinct = 0;
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    auto one = run_concurrently(alone, {reqs[i]});
-    EXPECT_EQ(batched[i], one[0]) << "request " << i;
-    EXPECT_EQ(batched[i].size(), 10u);
-    distinct += batched[i] != batched[0];
-  }
+  for (const auto& b : batched) distinct += b != batched[0];
   EXPECT_GT(distinct, 0);  // different seeds and prompts: not all the same continuation
 }
 
+// Not a timed test: prints per-token decode time alone vs. in a batch of 8 (the benchmark lives in
+// `dsfuse bench`); checks only that batching produced every token.
 TEST(Engine, BatchedDecodeThroughputReport) {
   auto model = Model::load(kDefaultModel);
   Engine e(*model, nullptr);

@@ -5,13 +5,13 @@
 #include <ctime>
 #include <cstdio>
 #include <random>
-#include <thread>
 #include <algorithm>
 
 #include "backend/cpu/kernels.h"
 #include "cli.h"
 #include "core/arena.h"
 #include "core/thread_pool.h"
+#include "engine/engine.h"
 #include "sampling/sampler.h"
 #include "models/model.h"
 #include "quant/quantize.h"
@@ -207,7 +207,7 @@ int run_kbench_sample(int argc, char** argv) {
   add("T 0.6, top_p 0.95 (R1's)", 0.6f, 0, 0.95f, 1.0f, -1);
   add("T 0.7, top_k 50, top_p 0.9", 0.7f, 50, 0.9f, 1.0f, -1);
   add("T 0.6, top_p 0.95, rep 1.1, logprobs 5", 0.6f, 0, 0.95f, 1.1f, 5);
-  ThreadPool pool(threads > 0 ? threads : static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u)));
+  ThreadPool pool(threads > 0 ? threads : sampling_threads());
   std::printf("vocab %lld, logits ~ N(0, %.1f), %d rows per batch on %d threads\n", static_cast<long long>(V), scale,
               rows, pool.size());
   for (const Cfg& c : cfgs) {

@@ -20,6 +20,10 @@
 
 namespace dsfuse {
 
+int sampling_threads() {
+  return static_cast<int>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u));
+}
+
 const char* finish_reason_name(FinishReason r) {
   switch (r) {
     case FinishReason::Eos:
@@ -279,23 +283,19 @@ bool Engine::Impl::step() {
   b.positions = pos.data();
   b.T = static_cast<int64_t>(ids.size());
   const int V = model.vocab_size();
-  // Greedy fast path: when every sampled sequence takes the plain argmax (temperature 0, no penalties, no
-  // logprobs), the choice is made on the device and only the ids come back.
-  bool greedy = !sampled.empty();
+  // The choice can leave the host only when no sampled row needs penalties (the ids so far) or logprobs.
+  // Greedy fast path: every row the plain argmax (temperature 0), taken on the device; device sampling: the
+  // model chooses on its device, the rows' temperature / top-k / top-p / min-p and one uniform draw from each
+  // sequence's own RNG go there (ops/sample_rows.h). Either way only the ids come back.
+  bool plain = !sampled.empty(), all_greedy = true;
   for (const Seq* q : sampled) {
     const auto& sp = q->sampler->params();
-    greedy = greedy && sp.is_greedy() && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
-             sp.frequency_penalty == 0.0f && sp.logprobs < 0;
+    plain = plain && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f && sp.frequency_penalty == 0.0f &&
+            sp.logprobs < 0;
+    all_greedy = all_greedy && sp.is_greedy();
   }
-  // Device sampling: when the model chooses on its device and no sampled row needs penalties or logprobs,
-  // the rows' temperature / top-k / top-p / min-p and one uniform draw from each sequence's own RNG go to the
-  // device and only the ids come back (ops/sample_rows.h).
-  bool on_device = !greedy && !sampled.empty() && model.device_sampling();
-  for (const Seq* q : sampled) {
-    const auto& sp = q->sampler->params();
-    on_device = on_device && sp.repetition_penalty == 1.0f && sp.presence_penalty == 0.0f &&
-                sp.frequency_penalty == 0.0f && sp.logprobs < 0;
-  }
+  const bool greedy = plain && all_greedy;
+  const bool on_device = plain && !all_greedy && model.device_sampling();
   std::vector<SampleRowParams> row_params;
   if (on_device)
     for (Seq* q : sampled) {
@@ -347,8 +347,7 @@ bool Engine::Impl::step() {
       }
     };
     if (ns >= 2 && static_cast<int64_t>(ns) * V >= (int64_t{1} << 17)) {
-      if (!sample_pool) sample_pool = std::make_unique<ThreadPool>(static_cast<int>(
-                            std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u)));
+      if (!sample_pool) sample_pool = std::make_unique<ThreadPool>(sampling_threads());
       sample_pool->parallel_for(static_cast<int64_t>(ns), draw);
     } else {
       draw(0, static_cast<int64_t>(ns), 0);

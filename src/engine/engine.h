@@ -46,6 +46,9 @@ struct GenerateResult {
 };
 
 
+// Threads that draw a step's sampled rows in parallel (the cores, at most 16).
+int sampling_threads();
+
 struct EngineConfig {
   int block_size = 16;                 // tokens per KV block
   size_t kv_memory_bytes = 256u << 20;  // KV pool size (blocks = bytes / bytes per block)

@@ -11,9 +11,7 @@ namespace dsfuse {
 int32_t sample_row_reference(const float* l, int64_t V, const SampleRowParams& p) {
   using namespace sample_rows_detail;
   if (V <= 0) return -1;
-  int64_t amax = 0;
-  for (int64_t i = 1; i < V; ++i)
-    if (l[i] > l[amax]) amax = i;
+  const int64_t amax = std::max_element(l, l + V) - l;  // lowest id on ties, as Backend::argmax_rows
   const float m = l[amax];
   if (p.temperature == 0.0f || m == -std::numeric_limits<float>::infinity()) return static_cast<int32_t>(amax);
   std::vector<float> x(static_cast<size_t>(V));

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "core/error.h"
+#include "ops/sample_rows.h"
 
 namespace dsfuse::sampling {
 
@@ -18,13 +18,30 @@ inline bool better(const std::pair<float, int32_t>& a, const std::pair<float, in
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
 
-// 32-bit key whose ascending order is x descending (x not NaN; -0 taken as +0).
-inline uint32_t desc_key(float x) {
-  uint32_t u;
-  const float v = x == 0.0f ? 0.0f : x;
-  std::memcpy(&u, &v, sizeof(u));
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // ascending with x
-  return ~u;
+using sample_rows_detail::desc_key;  // the order key the device sampler uses too
+
+// Max of x[0, n) (n >= 1, no NaN): eight running maxima, so the compares do not form one latency chain.
+float max_of(const float* x, size_t n) {
+  float mq[8];
+  for (int q = 0; q < 8; ++q) mq[q] = x[0];
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int q = 0; q < 8; ++q) mq[q] = x[i + q] > mq[q] ? x[i + q] : mq[q];
+  for (; i < n; ++i) mq[0] = x[i] > mq[0] ? x[i] : mq[0];
+  float m = mq[0];
+  for (int q = 1; q < 8; ++q) m = mq[q] > m ? mq[q] : m;
+  return m;
+}
+
+// Sum in double of the floats f(0), ..., f(n - 1) in four running sums (no add latency chain).
+template <typename F>
+double sum4(size_t n, F f) {
+  double z[4] = {0.0, 0.0, 0.0, 0.0};
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int q = 0; q < 4; ++q) z[q] += f(i + q);
+  for (; i < n; ++i) z[0] += f(i);
+  return (z[0] + z[1]) + (z[2] + z[3]);
 }
 
 // Sorts ids by (x descending, id ascending) given ids in ascending order: a stable LSD radix sort on the
@@ -191,14 +208,7 @@ int32_t Sampler::prepare(std::span<float> logits, std::span<const int32_t> ids,
   apply_penalties(logits, ids, num_prompt);
 
   // Max (first occurrence = lowest id on ties): the value in a vectorizable pass, then its first index.
-  float mq[8];
-  for (int q = 0; q < 8; ++q) mq[q] = logits[0];
-  size_t i8 = 0;
-  for (; i8 + 8 <= V; i8 += 8)
-    for (int q = 0; q < 8; ++q) mq[q] = logits[i8 + q] > mq[q] ? logits[i8 + q] : mq[q];
-  float m = mq[0];
-  for (int q = 1; q < 8; ++q) m = mq[q] > m ? mq[q] : m;
-  for (; i8 < V; ++i8) m = logits[i8] > m ? logits[i8] : m;
+  const float m = max_of(logits.data(), V);
   size_t amax = 0;
   while (logits[amax] != m) ++amax;
   DSFUSE_CHECK(m != kNegInf, "Sampler: every logit is -inf, no token can be sampled");
@@ -233,18 +243,7 @@ int32_t Sampler::prepare(std::span<float> logits, std::span<const int32_t> ids,
       // Try small candidate sets first; t0 = (1 - top_p) / V always qualifies, because all tokens
       // below it together hold less than 1 - top_p.
       w_.resize(V);
-      double zs[4] = {0.0, 0.0, 0.0, 0.0};  // four partial sums: no add latency chain
-      size_t i = 0;
-      for (; i + 4 <= V; i += 4)
-        for (int q = 0; q < 4; ++q) {
-          w_[i + q] = std::exp(x[i + q]);
-          zs[q] += w_[i + q];
-        }
-      for (; i < V; ++i) {
-        w_[i] = std::exp(x[i]);
-        zs[0] += w_[i];
-      }
-      Z = (zs[0] + zs[1]) + (zs[2] + zs[3]);
+      Z = sum4(V, [&](size_t i) { return w_[i] = std::exp(x[i]); });
       const double t0 = (1.0 - top_p) / static_cast<double>(V);
       for (double t : {1e-4, 1e-6, t0}) {
         const bool last = t <= t0;
@@ -297,18 +296,7 @@ int32_t Sampler::prepare(std::span<float> logits, std::span<const int32_t> ids,
   wsum_ = 0.0;
   if (all_tokens_) {
     w_.resize(V);
-    double ws[4] = {0.0, 0.0, 0.0, 0.0};  // four partial sums: no add latency chain
-    size_t i = 0;
-    for (; i + 4 <= V; i += 4)
-      for (int q = 0; q < 4; ++q) {
-        w_[i + q] = std::exp(x[i + q]);
-        ws[q] += w_[i + q];
-      }
-    for (; i < V; ++i) {
-      w_[i] = std::exp(x[i]);
-      ws[0] += w_[i];
-    }
-    wsum_ = (ws[0] + ws[1]) + (ws[2] + ws[3]);
+    wsum_ = sum4(V, [&](size_t i) { return w_[i] = std::exp(x[i]); });
   } else {
     w_.resize(cand_.size());
     for (size_t j = 0; j < cand_.size(); ++j) {
@@ -349,19 +337,8 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> ids, s
   if (out) {
     out->token = tok;
     out->processed_logprob = processed;
-    float mq[8];
-    for (int q = 0; q < 8; ++q) mq[q] = raw_[0];
-    size_t i = 0;
-    for (; i + 8 <= V; i += 8)
-      for (int q = 0; q < 8; ++q) mq[q] = std::max(mq[q], raw_[i + q]);
-    for (; i < V; ++i) mq[0] = std::max(mq[0], raw_[i]);
-    float m = mq[0];
-    for (int q = 1; q < 8; ++q) m = std::max(m, mq[q]);
-    double sq[4] = {0.0, 0.0, 0.0, 0.0};  // float exp, double sums (four: no add latency chain)
-    for (i = 0; i + 4 <= V; i += 4)
-      for (int q = 0; q < 4; ++q) sq[q] += std::exp(raw_[i + q] - m);
-    for (; i < V; ++i) sq[0] += std::exp(raw_[i] - m);
-    const double s = (sq[0] + sq[1]) + (sq[2] + sq[3]);
+    const float m = max_of(raw_.data(), V);
+    const double s = sum4(V, [&](size_t i) { return std::exp(raw_[i] - m); });  // float exp, double sum
     const double lse = static_cast<double>(m) + std::log(s);
     out->logprob = static_cast<float>(static_cast<double>(raw_[tok]) - lse);
     out->top.clear();

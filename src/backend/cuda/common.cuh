@@ -66,6 +66,34 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Split K over the S warps of a row (warps w .. w + S - 1 of 8, slice ks = warp % S): their warp sums a[t] (and
+// b[t] with SILU) are added through red ([8][TT], or [8][2 TT] with SILU) in slice order 0 .. S - 1; slice 0 gets
+// the totals. Every thread of the block passes one barrier.
+template <int TT, int S, bool SILU>
+__device__ __forceinline__ void splitk_sum(float (*red)[SILU ? 2 * TT : TT], int warp, int lane, int ks, float a[TT],
+                                           float b[TT]) {
+  if (lane == 0) {
+#pragma unroll
+    for (int t = 0; t < TT; ++t) {
+      red[warp][t] = a[t];
+      if (SILU) red[warp][TT + t] = b[t];
+    }
+  }
+  __syncthreads();
+  if (ks != 0) return;
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < S; ++j) {
+      s1 += red[warp + j][t];
+      if (SILU) s2 += red[warp + j][TT + t];
+    }
+    a[t] = s1;
+    b[t] = s2;
+  }
+}
+
 __device__ __forceinline__ int64_t phys_row(const int32_t* table, int bs, int64_t s) {
   return table ? int64_t(table[s / bs]) * bs + s % bs : s;
 }

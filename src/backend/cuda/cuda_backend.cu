@@ -801,13 +801,29 @@ class CudaBackend final : public Backend {
                    const std::vector<ExpertWeights>& experts) override {
     Prof prof(this, "moe_experts");
     Op op(this);
-    const int64_t T = x.shape[0], K = ids.shape[1];
+    const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
     const int E = static_cast<int>(experts.size());
-    if (capturing_ || T * K <= moe_gemm_pairs_ || E > 320) {
-      moe_experts_device(out, x, ids, weights, experts);
+    // The experts this rank holds: their intermediate size, bytes each, count.
+    int64_t I = 0, ebytes = 0, owned = 0;
+    for (const auto& ew : experts)
+      if (!ew.gate.empty()) {
+        I = ew.gate.out_features();
+        ebytes = static_cast<int64_t>(ew.gate.bytes() + ew.up.bytes() + ew.down.bytes());
+        ++owned;
+      }
+    if (I == 0) {  // no expert on this rank
+      launch(zero_rows_kernel, blocks(T * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], T, H);
+      check_launch();
       return;
     }
-    moe_experts_gemm(out, x, ids, weights, experts);
+    if (capturing_ || T * K <= moe_gemm_pairs_ || E > 320) {
+      moe_experts_device(out, x, ids, weights, experts, I);
+      // Bytes: at most one read of every selected expert (exact for one token). Under expert parallelism a rank
+      // holds `owned` of E experts and computes only the pairs routed to them: about T K owned / E of them.
+      count_bytes(std::min<int64_t>((T * K * owned + E - 1) / E, owned) * ebytes);
+      return;
+    }
+    moe_experts_gemm(out, x, ids, weights, experts, I);  // linear_impl counts each GEMM's weight bytes
   }
 
   // Routed experts for large steps (prefill): the pairs sorted by expert on the device (stable), one copy of the
@@ -816,17 +832,9 @@ class CudaBackend final : public Backend {
   // rows) with one SwiGLU over all rows between them, and the outputs put back per pair and summed per token in
   // slot order.
   void moe_experts_gemm(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
-                        const std::vector<ExpertWeights>& experts) {
+                        const std::vector<ExpertWeights>& experts, int64_t I) {
     const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
     const int E = static_cast<int>(experts.size());
-    int64_t I = 0;
-    for (const auto& ew : experts)
-      if (!ew.gate.empty()) I = ew.gate.out_features();
-    if (I == 0) {  // no expert on this rank
-      launch(zero_rows_kernel, blocks(T * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], T, H);
-      check_launch();
-      return;
-    }
     const ExpertDesc* tab = expert_table(experts);
     auto* meta = static_cast<int32_t*>(scratch(sizeof(int32_t) * (2 * E + 1)));
     auto* pair = static_cast<int32_t*>(scratch(sizeof(int32_t) * T * K));
@@ -1164,21 +1172,9 @@ class CudaBackend final : public Backend {
   // Routed experts without leaving the device: pairs sorted by expert, grouped GEMVs reading each selected
   // expert's weights once per step.
   void moe_experts_device(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
-                          const std::vector<ExpertWeights>& experts) {
+                          const std::vector<ExpertWeights>& experts, int64_t I) {
     const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
     const int E = static_cast<int>(experts.size());
-    int64_t I = 0, ebytes = 0, owned = 0;
-    for (const auto& ew : experts)
-      if (!ew.gate.empty()) {
-        I = ew.gate.out_features();
-        ebytes = static_cast<int64_t>(ew.gate.bytes() + ew.up.bytes() + ew.down.bytes());
-        ++owned;
-      }
-    if (I == 0) {  // no expert on this rank
-      launch(zero_rows_kernel, blocks(T * H), 256, 0, stream_, out.ptr<float>(), out.stride[0], T, H);
-      check_launch();
-      return;
-    }
     const ExpertDesc* tab = expert_table(experts);
     auto* cnt = static_cast<int32_t*>(scratch(sizeof(int32_t) * (2 * E + 1)));
     auto* list = static_cast<int32_t*>(scratch(sizeof(int32_t) * E * T));
@@ -1187,10 +1183,6 @@ class CudaBackend final : public Backend {
     cuda::moe_experts_grouped(stream_, out.ptr<float>(), out.stride[0], x.ptr<float>(), x.stride[0],
                               ids.ptr<int32_t>(), ids.stride[0], weights.ptr<float>(), weights.stride[0], T,
                               static_cast<int>(K), H, I, tab, E, cnt, list, hbuf, ybuf);
-    // Bytes: at most one read of every selected expert (exact for one token).
-    // Under expert parallelism a rank holds `owned` of E experts and computes only the pairs routed to them:
-    // about T K owned / E of the selected ones.
-    count_bytes(std::min<int64_t>((T * K * owned + E - 1) / E, owned) * ebytes);
   }
 
   // y [T, N] (row stride ldy) = x [T, K] (row stride ldx) W^T + b, all f32 device pointers.

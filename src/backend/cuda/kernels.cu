@@ -76,6 +76,48 @@ __device__ __forceinline__ void f8x16_to_f32(const uint4& v, float s, float f[16
       f[4 * i + b] = round_bf16_dev(f8e4m3_to_f32_dev(static_cast<uint8_t>(u[i] >> (8 * b))) * s);
   }
 }
+// The weights of one 16-byte chunk (a: the row, b: the up row with SILU) as floats: 8 bf16, or 16 FP8 codes times
+// their block scale (sa, sb).
+template <bool SILU, bool F8>
+__device__ __forceinline__ void gemv_chunk_to_f32(const uint4& a, const uint4& b, float sa, float sb,
+                                                  float f[F8 ? 16 : 8], float g[F8 ? 16 : 8]) {
+  if constexpr (F8) {
+    f8x16_to_f32(a, sa, f);
+    if (SILU) f8x16_to_f32(b, sb, g);
+  } else {
+    bf16x8_to_f32(a, f);
+    if (SILU) bf16x8_to_f32(b, g);
+  }
+}
+// ag[t] += f . x[t][EPL i ...] (and au[t] += g . the same with SILU) for t < T: one chunk's products, in order.
+template <int TT, bool SILU, int EPL>
+__device__ __forceinline__ void gemv_chunk_fma(const float* x, int64_t ldx, int T, int64_t i, const float f[EPL],
+                                               const float g[EPL], float ag[TT], float au[TT]) {
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    if (t >= T) break;
+    const float4* xp = reinterpret_cast<const float4*>(x + t * ldx) + (EPL / 4) * i;
+    float s = ag[t], r = au[t];
+#pragma unroll
+    for (int q = 0; q < EPL / 4; ++q) {
+      const float4 p = xp[q];
+      s = fmaf(f[4 * q], p.x, s); s = fmaf(f[4 * q + 1], p.y, s);
+      s = fmaf(f[4 * q + 2], p.z, s); s = fmaf(f[4 * q + 3], p.w, s);
+      if (SILU) {
+        r = fmaf(g[4 * q], p.x, r); r = fmaf(g[4 * q + 1], p.y, r);
+        r = fmaf(g[4 * q + 2], p.z, r); r = fmaf(g[4 * q + 3], p.w, r);
+      }
+    }
+    ag[t] = s;
+    au[t] = r;
+  }
+}
+// A GEMV output: silu(gate) * up, or the dot product plus the bias value.
+template <bool SILU>
+__device__ __forceinline__ float gemv_out(float dot, float up, float bias) {
+  return SILU ? dot / (1.0f + expf(-dot)) * up : dot + bias;
+}
+
 template <int TT, int S, bool SILU, bool F8>
 __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
                                                        int64_t N, int64_t K, int T, const void* bias, int btype,
@@ -114,13 +156,8 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
       const int64_t i = ib + u * step;
       if (i >= KV) break;
       float f[EPL], g[EPL];
-      if constexpr (F8) {
-        f8x16_to_f32(a[u], __ldg(sg + (16 * i) / w.bc), f);
-        if (SILU) f8x16_to_f32(b[u], __ldg(su + (16 * i) / w.bc), g);
-      } else {
-        bf16x8_to_f32(a[u], f);
-        if (SILU) bf16x8_to_f32(b[u], g);
-      }
+      gemv_chunk_to_f32<SILU, F8>(a[u], b[u], F8 ? __ldg(sg + (16 * i) / w.bc) : 0.0f,
+                                  F8 && SILU ? __ldg(su + (16 * i) / w.bc) : 0.0f, f, g);
       // Rolling refill: slot u's next load is issued as soon as its data is in registers, so about U loads
       // stay in flight the whole time (instead of U, then none while the round is summed).
       if (roll) {
@@ -130,24 +167,7 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
           if (SILU) b[u] = __ldg(wu + j);
         }
       }
-#pragma unroll
-      for (int t = 0; t < TT; ++t) {
-        if (t >= T) break;
-        const float4* xp = reinterpret_cast<const float4*>(x + t * ldx) + (EPL / 4) * i;
-        float s = ag[t], r = au[t];
-#pragma unroll
-        for (int q = 0; q < EPL / 4; ++q) {
-          const float4 p = xp[q];
-          s = fmaf(f[4 * q], p.x, s); s = fmaf(f[4 * q + 1], p.y, s);
-          s = fmaf(f[4 * q + 2], p.z, s); s = fmaf(f[4 * q + 3], p.w, s);
-          if (SILU) {
-            r = fmaf(g[4 * q], p.x, r); r = fmaf(g[4 * q + 1], p.y, r);
-            r = fmaf(g[4 * q + 2], p.z, r); r = fmaf(g[4 * q + 3], p.w, r);
-          }
-        }
-        ag[t] = s;
-        au[t] = r;
-      }
+      gemv_chunk_fma<TT, SILU, EPL>(x, ldx, T, i, f, g, ag, au);
     }
     ib += U * step;
     if (roll) continue;
@@ -166,33 +186,15 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
     if (SILU) au[t] = warp_sum(au[t]);
   }
   if (S > 1) {
-    if (lane == 0) {
-#pragma unroll
-      for (int t = 0; t < TT; ++t) {
-        red[warp][t] = ag[t];
-        if (SILU) red[warp][TT + t] = au[t];
-      }
-    }
-    __syncthreads();
+    splitk_sum<TT, S, SILU>(red, warp, lane, ks, ag, au);
     if (ks != 0) return;
-#pragma unroll
-    for (int t = 0; t < TT; ++t) {
-      float sg2 = 0.0f, su2 = 0.0f;
-#pragma unroll
-      for (int j = 0; j < S; ++j) {
-        sg2 += red[warp + j][t];
-        if (SILU) su2 += red[warp + j][TT + t];
-      }
-      ag[t] = sg2;
-      au[t] = su2;
-    }
   }
   if (!live || lane != 0) return;
   const float bv = !SILU && bias ? vload(bias, btype, n) : 0.0f;
 #pragma unroll
   for (int t = 0; t < TT; ++t) {
     if (t >= T) break;
-    y[t * ldy + n] = SILU ? ag[t] / (1.0f + expf(-ag[t])) * au[t] : ag[t] + bv;
+    y[t * ldy + n] = gemv_out<SILU>(ag[t], au[t], bv);
   }
 }
 
@@ -247,37 +249,13 @@ __global__ void __launch_bounds__(256) gemv_persist_kernel(float* y, int64_t ldy
       const int64_t n = gw + cr * W, i = int64_t(cj) * 32 + lane;
       const bool valid = i < KV;
       float f[EPL], g[EPL];
-      if (valid) {
-        if constexpr (F8) {
-          f8x16_to_f32(a[u], __ldg(w.scale + (n / w.br) * w.sc_cols + (16 * i) / w.bc), f);
-          if (SILU) f8x16_to_f32(b[u], __ldg(w.scale + ((n + up) / w.br) * w.sc_cols + (16 * i) / w.bc), g);
-        } else {
-          bf16x8_to_f32(a[u], f);
-          if (SILU) bf16x8_to_f32(b[u], g);
-        }
-      }
+      if (valid)
+        gemv_chunk_to_f32<SILU, F8>(
+            a[u], b[u], F8 ? __ldg(w.scale + (n / w.br) * w.sc_cols + (16 * i) / w.bc) : 0.0f,
+            F8 && SILU ? __ldg(w.scale + ((n + up) / w.br) * w.sc_cols + (16 * i) / w.bc) : 0.0f, f, g);
       if (c0 + u + U < total) load(lr, lj, a[u], b[u]);
       if (++lj == CPR) lj = 0, ++lr;
-      if (valid) {
-#pragma unroll
-        for (int t = 0; t < TT; ++t) {
-          if (t >= T) break;
-          const float4* xp = reinterpret_cast<const float4*>(x + t * ldx) + (EPL / 4) * i;
-          float s = ag[t], r = au[t];
-#pragma unroll
-          for (int q = 0; q < EPL / 4; ++q) {
-            const float4 p = xp[q];
-            s = fmaf(f[4 * q], p.x, s); s = fmaf(f[4 * q + 1], p.y, s);
-            s = fmaf(f[4 * q + 2], p.z, s); s = fmaf(f[4 * q + 3], p.w, s);
-            if (SILU) {
-              r = fmaf(g[4 * q], p.x, r); r = fmaf(g[4 * q + 1], p.y, r);
-              r = fmaf(g[4 * q + 2], p.z, r); r = fmaf(g[4 * q + 3], p.w, r);
-            }
-          }
-          ag[t] = s;
-          au[t] = r;
-        }
-      }
+      if (valid) gemv_chunk_fma<TT, SILU, EPL>(x, ldx, T, i, f, g, ag, au);
       if (++cj == CPR) {  // the row's last slot (the same step in every lane): sum it and start the next
         cj = 0;
         ++cr;
@@ -286,7 +264,7 @@ __global__ void __launch_bounds__(256) gemv_persist_kernel(float* y, int64_t ldy
         for (int t = 0; t < TT; ++t) {
           const float sg = warp_sum(ag[t]);
           const float su = SILU ? warp_sum(au[t]) : 0.0f;
-          if (lane == 0 && t < T) y[t * ldy + n] = SILU ? sg / (1.0f + expf(-sg)) * su : sg + bv;
+          if (lane == 0 && t < T) y[t * ldy + n] = gemv_out<SILU>(sg, su, bv);
           ag[t] = au[t] = 0.0f;
         }
       }
@@ -848,17 +826,8 @@ void set_gemv_roll(bool on) { g_gemv_roll = on; }
 void set_gemv_persist(int blocks_per_sm) { g_gemv_persist_bps = blocks_per_sm; }
 void set_pdl_enabled(bool on) { g_pdl = on; }
 
-int gemv_split(int64_t rows) {
-  static int sms = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n > 0 ? n : 132;
-  }();
-  return rows >= 32LL * sms ? 1 : rows >= 16LL * sms ? 2 : 4;
-}
-
 namespace {
+// SMs of the device first asked about (the process uses one GPU type).
 int gemv_sms() {
   static int sms = [] {
     int dev = 0, n = 0;
@@ -868,6 +837,14 @@ int gemv_sms() {
   }();
   return sms;
 }
+}  // namespace
+
+int gemv_split(int64_t rows) {
+  const int sms = gemv_sms();
+  return rows >= 32LL * sms ? 1 : rows >= 16LL * sms ? 2 : 4;
+}
+
+namespace {
 template <int TT, bool SILU, bool F8>
 void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int T, const WDesc& w,
                      int64_t N, int64_t K, const void* bias, int btype, int64_t up) {

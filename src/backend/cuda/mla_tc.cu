@@ -107,6 +107,75 @@ __device__ __forceinline__ float tc_warp_max(float v) {
   return v;
 }
 
+// The block's work, shared by both tensor-core kernels: head group h0 (kTcHeads heads), token t and its split of
+// the keys, [s0, s1), in ntiles tiles of NT keys (whole tiles; the last split takes the remainder or nothing).
+struct TcWork {
+  int h0, split, ntiles;
+  int64_t t, s0, s1;
+  const int32_t* table;
+};
+template <int NT>
+__device__ __forceinline__ TcWork tc_work(const SegMeta& m, int H, int nsplit) {
+  TcWork w;
+  const int G = (H + kTcHeads - 1) / kTcHeads;
+  const int rest = int(blockIdx.x / unsigned(G));
+  w.h0 = int(blockIdx.x % unsigned(G)) * kTcHeads;
+  w.split = rest % nsplit;
+  w.t = rest / nsplit;
+  int64_t S;
+  tc_seg_of(m, w.t, S, w.table);
+  const int64_t per = ((S + nsplit - 1) / nsplit + NT - 1) / NT * NT;
+  w.s0 = w.split * per;
+  w.s1 = S < w.s0 + per ? S : w.s0 + per;
+  w.ntiles = w.s1 > w.s0 ? int((w.s1 - w.s0 + NT - 1) / NT) : 0;
+  return w;
+}
+
+// One cache row (latent then rope key, CH 16-byte chunks, C4 of them latent) into a swizzled tile row.
+__device__ __forceinline__ void tc_copy_row(float* drow, const float* lrow, const float* krow, int CH, int C4, int sw,
+                                            bool valid, int lane) {
+  for (int q = lane; q < CH; q += 32)
+    cp_async16(drow + ((q ^ sw) << 2), q < C4 ? lrow + 4 * q : krow + 4 * (q - C4), valid);
+}
+
+// Q fragments (tf32) of heads h0 + g and h0 + g + 8 for the warp's k-steps ks0 .. ks0 + nks (zero past them, and
+// for heads past H).
+template <int MaxKs>
+__device__ __forceinline__ void tc_load_q(uint32_t (&qa)[MaxKs][4], const float* qcat, int64_t t, int H, int DQ,
+                                          int h0, int g, int c, int ks0, int nks) {
+  const int ha = h0 + g, hb = h0 + g + 8;
+  const float* qra = qcat + (t * H + (ha < H ? ha : 0)) * DQ;
+  const float* qrb = qcat + (t * H + (hb < H ? hb : 0)) * DQ;
+#pragma unroll
+  for (int j = 0; j < MaxKs; ++j) {
+    const int d = (ks0 + j) * 8 + c;
+    const bool in = j < nks;
+    qa[j][0] = to_tf32(in && ha < H ? qra[d] : 0.0f);
+    qa[j][1] = to_tf32(in && hb < H ? qrb[d] : 0.0f);
+    qa[j][2] = to_tf32(in && ha < H ? qra[d + 4] : 0.0f);
+    qa[j][3] = to_tf32(in && hb < H ? qrb[d + 4] : 0.0f);
+  }
+}
+
+// Start of the partial-result row of head h (C outputs, then the running max and sum).
+__device__ __forceinline__ int64_t tc_part_row(int64_t t, int H, int h, int nsplit, int split, int C) {
+  return ((t * H + h) * nsplit + split) * (C + 2);
+}
+
+// The warp's output n-tiles no0 .. no0 + nno of heads ha, hb (rows ia, ib; skipped past H) into the partial rows.
+template <int MaxNo>
+__device__ __forceinline__ void tc_store_out(float* part, const float (&o)[MaxNo][4], int64_t ia, int64_t ib,
+                                             bool va, bool vb, int no0, int nno, int c) {
+#pragma unroll
+  for (int j = 0; j < MaxNo; ++j) {
+    if (j < nno) {
+      const int d = (no0 + j) * 8 + 2 * c;  // columns 2c, 2c + 1 of n-tile no0 + j
+      if (va) *reinterpret_cast<float2*>(part + ia + d) = make_float2(o[j][0], o[j][1]);
+      if (vb) *reinterpret_cast<float2*>(part + ib + d) = make_float2(o[j][2], o[j][3]);
+    }
+  }
+}
+
 // qcat [T, H, C + R] = [scale * W_UK[h]^T q_nope[t, h], scale * q_pe[t, h]]; one block per (head, kAbTok
 // tokens): W_UK[h] is read once per block, coalesced along C.
 constexpr int kAbTok = 8;
@@ -158,21 +227,12 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_tc_kernel(float* part, cons
   float* s_red = s_kv + kTcStages * kTcNT * LDT;           // [kTcWarps][kTcHeads][kTcLdr] partial scores
   float* s_p = s_red + kTcWarps * kTcHeads * kTcLdr;       // [kTcHeads][kTcLdp] probabilities (tf32 bits)
   float* s_corr = s_p + kTcHeads * kTcLdp;                 // [kTcHeads] rescale of the running output
-  const int G = (H + kTcHeads - 1) / kTcHeads;
-  const int grp = int(blockIdx.x % unsigned(G));
-  const int rest = int(blockIdx.x / unsigned(G));
-  const int split = rest % nsplit;
-  const int64_t t = rest / nsplit;
-  const int h0 = grp * kTcHeads;
+  const TcWork wk = tc_work<kTcNT>(m, H, nsplit);
+  const int h0 = wk.h0, split = wk.split, ntiles = wk.ntiles;
+  const int64_t t = wk.t, s0 = wk.s0, s1 = wk.s1;
+  const int32_t* table = wk.table;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
-  int64_t S;
-  const int32_t* table;
-  tc_seg_of(m, t, S, table);
   const int bs = m.block_size;
-  // This split's keys [s0, s1): whole tiles, the last split takes the remainder (or nothing).
-  const int64_t per = ((S + nsplit - 1) / nsplit + kTcNT - 1) / kTcNT * kTcNT;
-  const int64_t s0 = split * per, s1 = S < s0 + per ? S : s0 + per;
-  const int ntiles = s1 > s0 ? int((s1 - s0 + kTcNT - 1) / kTcNT) : 0;
   const int DQ = C + R, KS = DQ / 8, NO = C / 8, CH = DQ / 4, C4 = C / 4;
   // This warp's score k-steps [ks0, ks0 + nks) and output n-tiles [no0, no0 + nno).
   const int ks0 = warp * KS / kTcWarps, nks = (warp + 1) * KS / kTcWarps - ks0;
@@ -195,8 +255,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_tc_kernel(float* part, cons
       const float* krow = kpe + (valid ? pr * lk0 : 0);
       const int sw = tc_swz(r);
       float* drow = buf + r * LDT;
-      for (int q = lane; q < CH; q += 32)
-        cp_async16(drow + ((q ^ sw) << 2), q < C4 ? lrow + 4 * q : krow + 4 * (q - C4), valid);
+      tc_copy_row(drow, lrow, krow, CH, C4, sw, valid, lane);
     }
   };
 
@@ -209,20 +268,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_tc_kernel(float* part, cons
 
   // Q fragments of this warp's k-steps (tf32), heads h0 + g and h0 + g + 8.
   uint32_t qa[kTcMaxKs][4];
-  {
-    const int ha = h0 + g, hb = h0 + g + 8;
-    const float* qra = qcat + (t * H + (ha < H ? ha : 0)) * DQ;
-    const float* qrb = qcat + (t * H + (hb < H ? hb : 0)) * DQ;
-#pragma unroll
-    for (int j = 0; j < kTcMaxKs; ++j) {
-      const int d = (ks0 + j) * 8 + c;
-      const bool in = j < nks;
-      qa[j][0] = to_tf32(in && ha < H ? qra[d] : 0.0f);
-      qa[j][1] = to_tf32(in && hb < H ? qrb[d] : 0.0f);
-      qa[j][2] = to_tf32(in && ha < H ? qra[d + 4] : 0.0f);
-      qa[j][3] = to_tf32(in && hb < H ? qrb[d + 4] : 0.0f);
-    }
-  }
+  tc_load_q(qa, qcat, t, H, DQ, h0, g, c, ks0, nks);
   float o[kTcMaxNo][4];
 #pragma unroll
   for (int j = 0; j < kTcMaxNo; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
@@ -326,21 +372,14 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_tc_kernel(float* part, cons
 
   // Partial results.
   const int ha = h0 + g, hb = h0 + g + 8;
-  const int64_t ia = ((t * H + ha) * nsplit + split) * (C + 2), ib = ((t * H + hb) * nsplit + split) * (C + 2);
-#pragma unroll
-  for (int j = 0; j < kTcMaxNo; ++j) {
-    if (j < nno) {
-      const int d = (no0 + j) * 8 + 2 * c;  // columns 2c, 2c + 1 of n-tile no0 + j
-      if (ha < H) *reinterpret_cast<float2*>(part + ia + d) = make_float2(o[j][0], o[j][1]);
-      if (hb < H) *reinterpret_cast<float2*>(part + ib + d) = make_float2(o[j][2], o[j][3]);
-    }
-  }
+  const int64_t ia = tc_part_row(t, H, ha, nsplit, split, C), ib = tc_part_row(t, H, hb, nsplit, split, C);
+  tc_store_out(part, o, ia, ib, ha < H, hb < H, no0, nno, c);
   float l = l_run;
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
   l += __shfl_xor_sync(0xffffffffu, l, 4);
   if (sq == 0 && h0 + sh < H) {
-    float* pr = part + ((t * H + h0 + sh) * nsplit + split) * (C + 2);
+    float* pr = part + tc_part_row(t, H, h0 + sh, nsplit, split, C);
     pr[C] = m_run;
     pr[C + 1] = l;
   }
@@ -400,21 +439,12 @@ __global__ void __launch_bounds__(kT2Threads, 1) mla_tc2_kernel(float* part, con
   const int LDT = tc_ldt(C, R);
   float* s_kv = t2_sm;                                  // [kT2Stages][kT2NT][LDT], swizzled rows
   float* s_sp = s_kv + kT2Stages * kT2NT * LDT;         // [kTcHeads][kT2Spld][4] partial scores
-  const int G = (H + kTcHeads - 1) / kTcHeads;
-  const int grp = int(blockIdx.x % unsigned(G));
-  const int rest = int(blockIdx.x / unsigned(G));
-  const int split = rest % nsplit;
-  const int64_t t = rest / nsplit;
-  const int h0 = grp * kTcHeads;
+  const TcWork wk = tc_work<kT2NT>(m, H, nsplit);
+  const int h0 = wk.h0, split = wk.split, ntiles = wk.ntiles;
+  const int64_t t = wk.t, s0 = wk.s0, s1 = wk.s1;
+  const int32_t* table = wk.table;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
-  int64_t S;
-  const int32_t* table;
-  tc_seg_of(m, t, S, table);
   const int bs = m.block_size;
-  // This split's keys [s0, s1): whole tiles, the last split takes the remainder (or nothing).
-  const int64_t per = ((S + nsplit - 1) / nsplit + kT2NT - 1) / kT2NT * kT2NT;
-  const int64_t s0 = split * per, s1 = S < s0 + per ? S : s0 + per;
-  const int ntiles = s1 > s0 ? int((s1 - s0 + kT2NT - 1) / kT2NT) : 0;
   const int DQ = C + R, KS = DQ / 8, NO = C / 8, CH = DQ / 4, C4 = C / 4;
   const int nh = warp & 1, kq = warp >> 1;
   const int ks0 = kq * KS / kT2KQ, nks = (kq + 1) * KS / kT2KQ - ks0;
@@ -450,8 +480,7 @@ __global__ void __launch_bounds__(kT2Threads, 1) mla_tc2_kernel(float* part, con
       const float* krow = kpe + pr * lk0;
       const int sw = tc_swz(r);
       float* drow = buf + r * LDT;
-      for (int q = lane; q < CH; q += 32)
-        cp_async16(drow + ((q ^ sw) << 2), q < C4 ? lrow + 4 * q : krow + 4 * (q - C4), valid);
+      tc_copy_row(drow, lrow, krow, CH, C4, sw, valid, lane);
     }
   };
 
@@ -468,20 +497,7 @@ __global__ void __launch_bounds__(kT2Threads, 1) mla_tc2_kernel(float* part, con
 
   // Q fragments of this warp's k-quarter (tf32), heads h0 + g and h0 + g + 8.
   uint32_t qa[kT2MaxKs][4];
-  {
-    const int ha = h0 + g, hb = h0 + g + 8;
-    const float* qra = qcat + (t * H + (ha < H ? ha : 0)) * DQ;
-    const float* qrb = qcat + (t * H + (hb < H ? hb : 0)) * DQ;
-#pragma unroll
-    for (int j = 0; j < kT2MaxKs; ++j) {
-      const int d = (ks0 + j) * 8 + c;
-      const bool in = j < nks;
-      qa[j][0] = to_tf32(in && ha < H ? qra[d] : 0.0f);
-      qa[j][1] = to_tf32(in && hb < H ? qrb[d] : 0.0f);
-      qa[j][2] = to_tf32(in && ha < H ? qra[d + 4] : 0.0f);
-      qa[j][3] = to_tf32(in && hb < H ? qrb[d + 4] : 0.0f);
-    }
-  }
+  tc_load_q(qa, qcat, t, H, DQ, h0, g, c, ks0, nks);
   float o[kT2MaxNo][4];
 #pragma unroll
   for (int j = 0; j < kT2MaxNo; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
@@ -595,15 +611,8 @@ __global__ void __launch_bounds__(kT2Threads, 1) mla_tc2_kernel(float* part, con
 
   // Partial results: every warp its n-tiles; warp 0 the (max, sum) of the 16 heads.
   const int ha = h0 + g, hb = h0 + g + 8;
-  const int64_t ia = ((t * H + ha) * nsplit + split) * (C + 2), ib = ((t * H + hb) * nsplit + split) * (C + 2);
-#pragma unroll
-  for (int j = 0; j < kT2MaxNo; ++j) {
-    if (j < nno) {
-      const int d = (no0 + j) * 8 + 2 * c;  // columns 2c, 2c + 1 of n-tile no0 + j
-      if (ha < H) *reinterpret_cast<float2*>(part + ia + d) = make_float2(o[j][0], o[j][1]);
-      if (hb < H) *reinterpret_cast<float2*>(part + ib + d) = make_float2(o[j][2], o[j][3]);
-    }
-  }
+  const int64_t ia = tc_part_row(t, H, ha, nsplit, split, C), ib = tc_part_row(t, H, hb, nsplit, split, C);
+  tc_store_out(part, o, ia, ib, ha < H, hb < H, no0, nno, c);
   l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
   l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
   l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);

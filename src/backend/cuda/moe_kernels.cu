@@ -294,27 +294,7 @@ __global__ void __launch_bounds__(256, TT <= 4 ? 2 : 1) moe_expert_kernel(float*
       if (SILU) a2[j] = warp_sum(a2[j]);
     }
     if (S > 1 && vec) {  // sum the K slices in order 0 .. S - 1
-      if (lane == 0) {
-#pragma unroll
-        for (int j = 0; j < TT; ++j) {
-          red[warp][j] = a1[j];
-          if (SILU) red[warp][TT + j] = a2[j];
-        }
-      }
-      __syncthreads();
-      if (ks == 0) {
-#pragma unroll
-        for (int j = 0; j < TT; ++j) {
-          float s1 = 0.0f, s2 = 0.0f;
-#pragma unroll
-          for (int k = 0; k < S; ++k) {
-            s1 += red[warp + k][j];
-            if (SILU) s2 += red[warp + k][TT + j];
-          }
-          a1[j] = s1;
-          a2[j] = s2;
-        }
-      }
+      splitk_sum<TT, S, SILU>(red, warp, lane, ks, a1, a2);
       __syncthreads();  // red is rewritten by the next chunk
     }
     if (live && ks == 0 && lane == 0) {
