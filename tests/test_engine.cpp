@@ -255,8 +255,9 @@ TEST(Engine, SeededSamplingBatchedEqualsAlone) {
   expect_batched_equals_alone(*model, reqs, 12);
 }
 
-// The same on the GPU with the choice made on the device (DSFUSE_CUDA_SAMPLING=1): only ids leave the GPU, and
-// each sequence's seeded draws still make batched equal to alone.
+// The same on the GPU with the choice made on the device (the default there; set explicitly in case the
+// environment says DSFUSE_CUDA_SAMPLING=0): only ids leave the GPU, and each sequence's seeded draws still make
+// batched equal to alone.
 TEST(Engine, CudaDeviceSamplingBatchedEqualsAlone) {
   if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
   setenv("DSFUSE_CUDA_SAMPLING", "1", 1);

@@ -100,6 +100,16 @@ __device__ __forceinline__ int64_t phys_row(const int32_t* table, int bs, int64_
 
 // ---- dot products of one weight row with up to TT activation rows, one warp per row ----
 
+// A 16-byte weight load that does not allocate in L1: a decode step reads each weight once, and in L1 it would
+// evict the activation rows that every warp of the SM rereads for each weight chunk.
+__device__ __forceinline__ uint4 ldg_stream(const uint4* p) {
+  uint4 v;
+  // volatile: the load must stay under the bounds check that guards it (a plain asm may be hoisted out of it).
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& v, float f[8]) {
   const uint32_t u[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -198,8 +208,11 @@ void set_pdl_enabled(bool on);
 // Decode GEMV load pipelining: rolling refill of each load slot (default) or refill after each round of kGvU
 // loads (DSFUSE_CUDA_GEMV_ROLL=0; kept for A/B measurement).
 void set_gemv_roll(bool on);
-// Opt-in persistent decode GEMV for tall weights (DSFUSE_CUDA_GEMV=persist[:B], B blocks per SM, default 2; 0 off).
-void set_gemv_persist(int blocks_per_sm);
+// Warps per row of the decode GEMV forced to 1, 2 or 4 (0: chosen by the row count; DSFUSE_CUDA_GEMV_SPLIT).
+void set_gemv_split(int s);
+// L1-bypassing weight loads in the decode GEMV: -1 by weight size (default), 0 never, 1 always
+// (DSFUSE_CUDA_GEMV_STREAM).
+void set_gemv_stream(int s);
 // kernel<<<grid, block, shm, st>>>(args...) with the PDL attribute when enabled; checks the launch.
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shm, cudaStream_t st, Args&&... args) {

@@ -118,7 +118,12 @@ __device__ __forceinline__ float gemv_out(float dot, float up, float bias) {
   return SILU ? dot / (1.0f + expf(-dot)) * up : dot + bias;
 }
 
-template <int TT, int S, bool SILU, bool F8>
+template <bool STREAM>
+__device__ __forceinline__ uint4 gemv_load(const uint4* p) {
+  return STREAM ? ldg_stream(p) : __ldg(p);
+}
+
+template <int TT, int S, bool SILU, bool F8, bool STREAM>
 __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, WDesc w,
                                                        int64_t N, int64_t K, int T, const void* bias, int btype,
                                                        int64_t up, bool roll) {
@@ -142,8 +147,8 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
   for (int u = 0; u < U; ++u) {
     const int64_t i = ib + u * step;
     if (live && i < KV) {
-      a[u] = __ldg(wg + i);
-      if (SILU) b[u] = __ldg(wu + i);
+      a[u] = gemv_load<STREAM>(wg + i);
+      if (SILU) b[u] = gemv_load<STREAM>(wu + i);
     }
   }
   pdl_entry();
@@ -163,8 +168,8 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
       if (roll) {
         const int64_t j = i + U * step;
         if (j < KV) {
-          a[u] = __ldg(wg + j);
-          if (SILU) b[u] = __ldg(wu + j);
+          a[u] = gemv_load<STREAM>(wg + j);
+          if (SILU) b[u] = gemv_load<STREAM>(wu + j);
         }
       }
       gemv_chunk_fma<TT, SILU, EPL>(x, ldx, T, i, f, g, ag, au);
@@ -175,8 +180,8 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
     for (int u = 0; u < U; ++u) {
       const int64_t i = ib + u * step;
       if (i < KV) {
-        a[u] = __ldg(wg + i);
-        if (SILU) b[u] = __ldg(wu + i);
+        a[u] = gemv_load<STREAM>(wg + i);
+        if (SILU) b[u] = gemv_load<STREAM>(wu + i);
       }
     }
   }
@@ -195,80 +200,6 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
   for (int t = 0; t < TT; ++t) {
     if (t >= T) break;
     y[t * ldy + n] = gemv_out<SILU>(ag[t], au[t], bv);
-  }
-}
-
-// Persistent decode GEMV for tall weights (opt-in, DSFUSE_CUDA_GEMV=persist; not yet measured): a grid of
-// bps blocks per SM, warp gw of W takes rows gw, gw + W, ... and each lane streams its 16-byte chunks of those
-// rows (chunk slot j of a row: column chunk 32 j + lane) as one sequence, kGvU loads in flight across row ends
-// (rolling refill), the warp summing a row when its last slot is consumed. Same products and order of
-// accumulation per row as gemv_vec_kernel with S = 1. The aims: no block waves or warp exits in tall matrices
-// (lm_head, gate/up), and fewer resident blocks per SM so that the next kernel's blocks become resident early
-// and start their weight prefetch while this one streams.
-template <int TT, bool SILU, bool F8>
-__global__ void __launch_bounds__(256) gemv_persist_kernel(float* y, int64_t ldy, const float* x, int64_t ldx,
-                                                           WDesc w, int64_t N, int64_t K, int T, const void* bias,
-                                                           int btype, int64_t up) {
-  constexpr int U = SILU ? kGvU / 2 : kGvU;
-  constexpr int EPL = F8 ? 16 : 8;
-  const int lane = threadIdx.x % 32;
-  const int64_t W = int64_t(gridDim.x) * 8;
-  const int64_t gw = int64_t(blockIdx.x) * 8 + threadIdx.x / 32;
-  const int64_t KV = K / EPL;
-  const int CPR = static_cast<int>((KV + 31) / 32);  // chunk slots per row and lane
-  const int64_t rows = gw < N ? (N - 1 - gw) / W + 1 : 0;
-  const int64_t total = rows * CPR;  // this lane's chunk steps
-  const char* Wb = static_cast<const char*>(w.w);
-  const int64_t rbytes = w.ld * (F8 ? 1 : 2);
-  auto load = [&](int64_t r, int j, uint4& va, uint4& vb) {
-    const int64_t n = gw + r * W, i = int64_t(j) * 32 + lane;
-    if (i < KV) {
-      va = __ldg(reinterpret_cast<const uint4*>(Wb + n * rbytes) + i);
-      if (SILU) vb = __ldg(reinterpret_cast<const uint4*>(Wb + (n + up) * rbytes) + i);
-    }
-  };
-  uint4 a[U], b[U];
-  // Refill cursor (row, slot) of the next chunk to load.
-  int64_t lr = 0;
-  int lj = 0;
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    if (int64_t(u) < total) load(lr, lj, a[u], b[u]);
-    if (++lj == CPR) lj = 0, ++lr;
-  }
-  pdl_entry();
-  float ag[TT], au[TT];
-#pragma unroll
-  for (int t = 0; t < TT; ++t) ag[t] = au[t] = 0.0f;
-  int64_t cr = 0;  // row and slot of the chunk being consumed
-  int cj = 0;
-  for (int64_t c0 = 0; c0 < total; c0 += U) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (c0 + u >= total) break;
-      const int64_t n = gw + cr * W, i = int64_t(cj) * 32 + lane;
-      const bool valid = i < KV;
-      float f[EPL], g[EPL];
-      if (valid)
-        gemv_chunk_to_f32<SILU, F8>(
-            a[u], b[u], F8 ? __ldg(w.scale + (n / w.br) * w.sc_cols + (16 * i) / w.bc) : 0.0f,
-            F8 && SILU ? __ldg(w.scale + ((n + up) / w.br) * w.sc_cols + (16 * i) / w.bc) : 0.0f, f, g);
-      if (c0 + u + U < total) load(lr, lj, a[u], b[u]);
-      if (++lj == CPR) lj = 0, ++lr;
-      if (valid) gemv_chunk_fma<TT, SILU, EPL>(x, ldx, T, i, f, g, ag, au);
-      if (++cj == CPR) {  // the row's last slot (the same step in every lane): sum it and start the next
-        cj = 0;
-        ++cr;
-        const float bv = !SILU && bias ? vload(bias, btype, n) : 0.0f;
-#pragma unroll
-        for (int t = 0; t < TT; ++t) {
-          const float sg = warp_sum(ag[t]);
-          const float su = SILU ? warp_sum(au[t]) : 0.0f;
-          if (lane == 0 && t < T) y[t * ldy + n] = gemv_out<SILU>(sg, su, bv);
-          ag[t] = au[t] = 0.0f;
-        }
-      }
-    }
   }
 }
 
@@ -350,11 +281,13 @@ __global__ void attention_segs_kernel(float* out, int64_t lo0, int64_t lo1, cons
   }
 }
 
-// GQA attention, one block of kGqWarps warps per (token, kv head, chunk of up to G query heads): each warp takes
-// every kGqWarps-th key, loads the key/value row once for all G heads of the group (online softmax per head in
-// registers, D = Dh * 32 per lane), then the warps' partial results are merged through shared memory.
+// GQA attention, one block of kGqWarps warps per (token, kv head, chunk of up to G query heads, key split): the
+// warps take KEYS consecutive keys in turn, load each key/value row once for the chunk's heads (online softmax
+// per head in registers, D = Dh * 32 per lane), then their partial results are merged through shared memory
+// and the splits by the last block to finish.
 constexpr int kGqWarps = 4, kAttnMaxSplit = 32;  // the backend splits keys at most 32 ways
-template <int G, int DH>
+constexpr int kAttnMinKeys = 32;  // keys per split at least (one or two steps of every warp)
+template <int G, int DH, int KEYS>
 __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
     float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1, const float* k, int64_t lk0,
     int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t Hkv, int64_t group, int D, int Dv, float scale,
@@ -366,10 +299,6 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
   const int h0 = int(blockIdx.x % nchunk) * G;
   const int ng = group - h0 < G ? int(group - h0) : G;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  int64_t S;
-  const int32_t* table;
-  seg_of(m, t, S, table);
-  const int bs = m.block_size;
   float qr[G][DH], acc[G][DH], mx[G], l[G];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
@@ -383,31 +312,73 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
     mx[g] = -INFINITY;
     l[g] = 0.0f;
   }
-  // Split-K over the keys (flash-decoding): block y takes keys [s0, s1); the partial results are merged by
-  // attention_combine_kernel (nsplit > 1).
-  const int64_t per = (S + nsplit - 1) / nsplit, s0 = blockIdx.y * per, s1 = min(S, s0 + per);
-  for (int64_t s = s0 + warp; s < s1; s += kGqWarps) {
-    const int64_t r = phys_row(table, bs, s);
-    const float* kr = k + r * lk0 + kh * lk1;
-    const float* vr = v + r * lv0 + kh * lv1;
-    float kv[DH], vv[DH];
+  int64_t S;  // after the query loads: both in flight together
+  const int32_t* table;
+  seg_of(m, t, S, table);
+  const int bs = m.block_size;
+  // Split-K over the keys (flash-decoding): block y takes keys [s0, s1) of its token. Splits keep at least
+  // kAttnMinKeys keys, so a short context uses fewer of the launched splits (the grid is fixed when a decode
+  // step is recorded as a graph; the context grows at every replay): the blocks past them return at once. (With
+  // a separate combine kernel, counters == nullptr, every split writes its part.)
+  const int64_t want = (S + kAttnMinKeys - 1) / kAttnMinKeys;
+  const int ns = !counters ? nsplit : want < 1 ? 1 : want < nsplit ? int(want) : nsplit;
+  if (int(blockIdx.y) >= ns) return;
+  const int64_t per = (S + ns - 1) / ns, s0 = blockIdx.y * per, s1 = min(S, s0 + per);
+  // KEYS keys per warp at a time (8 with one head per block, 4 with more): their rows are loaded together and
+  // their G x KEYS dot products reduced together (independent shuffle chains), then one online-softmax update
+  // per head for the group.
+  for (int64_t sb = s0 + warp * KEYS; sb < s1; sb += kGqWarps * KEYS) {
+    float kv[KEYS][DH], vv[KEYS][DH];
 #pragma unroll
-    for (int j = 0; j < DH; ++j) {
-      const int d = lane + 32 * j;
-      kv[j] = d < D ? kr[d] : 0.0f;
-      vv[j] = d < Dv ? vr[d] : 0.0f;
+    for (int u = 0; u < KEYS; ++u) {
+      const bool ok = sb + u < s1;
+      const int64_t r = ok ? phys_row(table, bs, sb + u) : 0;
+      const float* kr = k + r * lk0 + kh * lk1;
+      const float* vr = v + r * lv0 + kh * lv1;
+#pragma unroll
+      for (int j = 0; j < DH; ++j) {
+        const int d = lane + 32 * j;
+        kv[u][j] = ok && d < D ? kr[d] : 0.0f;
+        vv[u][j] = ok && d < Dv ? vr[d] : 0.0f;
+      }
     }
+    float sc[G][KEYS];
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+      for (int u = 0; u < KEYS; ++u) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int j = 0; j < DH; ++j) dot = fmaf(qr[g][j], kv[u][j], dot);
+        sc[g][u] = dot;
+      }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int u = 0; u < KEYS; ++u) sc[g][u] += __shfl_xor_sync(0xffffffffu, sc[g][u], o);
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      float dot = 0.0f;
+      float mn = mx[g];
 #pragma unroll
-      for (int j = 0; j < DH; ++j) dot = fmaf(qr[g][j], kv[j], dot);
-      const float sc = warp_sum(dot);
-      const float mn = fmaxf(mx[g], sc);
-      const float corr = __expf(mx[g] - mn), p = __expf(sc - mn);
-      l[g] = l[g] * corr + p;
+      for (int u = 0; u < KEYS; ++u)
+        if (sb + u < s1) mn = fmaxf(mn, sc[g][u]);
+      const float corr = __expf(mx[g] - mn);
+      float p[KEYS], ps = 0.0f;
 #pragma unroll
-      for (int j = 0; j < DH; ++j) acc[g][j] = fmaf(acc[g][j], corr, p * vv[j]);
+      for (int u = 0; u < KEYS; ++u) {
+        p[u] = sb + u < s1 ? __expf(sc[g][u] - mn) : 0.0f;
+        ps += p[u];
+      }
+      l[g] = l[g] * corr + ps;
+#pragma unroll
+      for (int j = 0; j < DH; ++j) {
+        float a = acc[g][j] * corr;
+#pragma unroll
+        for (int u = 0; u < KEYS; ++u) a = fmaf(p[u], vv[u][j], a);
+        acc[g][j] = a;
+      }
       mx[g] = mn;
     }
   }
@@ -433,7 +404,7 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
       a += sm_acc[w][g][d] * f;
     }
     const int64_t hq = kh * group + h0 + g;
-    if (nsplit == 1) {
+    if (ns == 1) {
       out[t * lo0 + hq * lo1 + d] = a / L;
     } else {  // part [T, Hq, nsplit, Dv + 2]: unnormalised output, then (max, sum)
       const int64_t Hq = Hkv * group;
@@ -442,7 +413,7 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
       if (d == 0) pr[Dv] = M, pr[Dv + 1] = L;
     }
   }
-  if (nsplit == 1 || !counters) return;
+  if (ns == 1 || !counters) return;
   // The last split block of this (token, kv head, chunk) to finish merges the splits (no combine launch):
   // partials are published with a fence before the counter increments; the counter is reset for the next use.
   __shared__ int s_last;
@@ -452,7 +423,7 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
   __syncthreads();
   if (threadIdx.x == 0) {
     const int prev = atomicAdd(&counters[blockIdx.x], 1);
-    s_last = prev == nsplit - 1;
+    s_last = prev == ns - 1;
     if (s_last) counters[blockIdx.x] = 0;
   }
   __syncthreads();
@@ -460,8 +431,8 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
   __threadfence();
   const int64_t Hq = Hkv * group;
   // (max, sum) of every split first (independent loads), then one weight per split and head.
-  for (int i = threadIdx.x; i < ng * nsplit; i += blockDim.x) {
-    const int g = i / nsplit, j = i % nsplit;
+  for (int i = threadIdx.x; i < ng * ns; i += blockDim.x) {
+    const int g = i / ns, j = i % ns;
     const float* pr = part + ((t * Hq + kh * group + h0 + g) * nsplit + j) * (Dv + 2);
     s_f[g][j] = __ldcg(pr + Dv);
     s_sum[g][j] = __ldcg(pr + Dv + 1);
@@ -470,20 +441,37 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
   if (threadIdx.x < ng) {
     const int g = threadIdx.x;
     float M = -INFINITY;
-    for (int j = 0; j < nsplit; ++j) M = fmaxf(M, s_f[g][j]);
+    for (int j = 0; j < ns; ++j) M = fmaxf(M, s_f[g][j]);
     float L = 0.0f;
-    for (int j = 0; j < nsplit; ++j) L += s_f[g][j] == -INFINITY ? 0.0f : s_sum[g][j] * __expf(s_f[g][j] - M);
-    for (int j = 0; j < nsplit; ++j) s_f[g][j] = s_f[g][j] == -INFINITY ? 0.0f : __expf(s_f[g][j] - M) / L;
+    for (int j = 0; j < ns; ++j) L += s_f[g][j] == -INFINITY ? 0.0f : s_sum[g][j] * __expf(s_f[g][j] - M);
+    for (int j = 0; j < ns; ++j) s_f[g][j] = s_f[g][j] == -INFINITY ? 0.0f : __expf(s_f[g][j] - M) / L;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < ng * Dv; i += blockDim.x) {
-    const int g = i / Dv, d = i % Dv;
-    const int64_t hq = kh * group + h0 + g;
-    const float* pr = part + (t * Hq + hq) * nsplit * (Dv + 2) + d;
-    float a = 0.0f;
-#pragma unroll 8
-    for (int j = 0; j < nsplit; ++j) a = fmaf(s_f[g][j], __ldcg(pr + j * (Dv + 2)), a);
-    out[t * lo0 + hq * lo1 + d] = a;
+  // Two outputs per thread at a time and eight splits per round: 16 independent loads in flight.
+  for (int i0 = threadIdx.x; i0 < ng * Dv; i0 += 2 * blockDim.x) {
+    const int i1 = i0 + blockDim.x;
+    const bool two = i1 < ng * Dv;
+    const int g0 = i0 / Dv, d0 = i0 % Dv, g1 = two ? i1 / Dv : g0, d1 = two ? i1 % Dv : d0;
+    const float* p0 = part + (t * Hq + kh * group + h0 + g0) * nsplit * (Dv + 2) + d0;
+    const float* p1 = part + (t * Hq + kh * group + h0 + g1) * nsplit * (Dv + 2) + d1;
+    float a0 = 0.0f, a1 = 0.0f;
+    for (int j0 = 0; j0 < ns; j0 += 8) {
+      float v0[8], v1[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const bool ok = j0 + u < ns;
+        v0[u] = ok ? __ldcg(p0 + (j0 + u) * (Dv + 2)) : 0.0f;
+        v1[u] = ok && two ? __ldcg(p1 + (j0 + u) * (Dv + 2)) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (j0 + u >= ns) break;
+        a0 = fmaf(s_f[g0][j0 + u], v0[u], a0);
+        a1 = fmaf(s_f[g1][j0 + u], v1[u], a1);
+      }
+    }
+    out[t * lo0 + (kh * group + h0 + g0) * lo1 + d0] = a0;
+    if (two) out[t * lo0 + (kh * group + h0 + g1) * lo1 + d1] = a1;
   }
 }
 
@@ -817,13 +805,11 @@ __global__ void read_probe_kernel(const uint4* p, int64_t n, uint32_t* sink) {
 
 bool g_pdl = false;
 bool g_gemv_roll = true;
-int g_gemv_persist_bps = 0;  // 0: off
 
 }  // namespace
 
 bool pdl_enabled() { return g_pdl; }
 void set_gemv_roll(bool on) { g_gemv_roll = on; }
-void set_gemv_persist(int blocks_per_sm) { g_gemv_persist_bps = blocks_per_sm; }
 void set_pdl_enabled(bool on) { g_pdl = on; }
 
 namespace {
@@ -839,7 +825,14 @@ int gemv_sms() {
 }
 }  // namespace
 
+int g_gemv_split = 0;    // 0: by rows (below); 1, 2, 4 forced (DSFUSE_CUDA_GEMV_SPLIT, for measurements)
+int g_gemv_stream = -1;  // -1: by weight bytes; 0 / 1 forced (DSFUSE_CUDA_GEMV_STREAM)
+constexpr int64_t kGemvStreamBytes = int64_t(40) << 20;
+void set_gemv_split(int s) { g_gemv_split = s == 1 || s == 2 || s == 4 ? s : 0; }
+void set_gemv_stream(int s) { g_gemv_stream = s == 0 || s == 1 ? s : -1; }
+
 int gemv_split(int64_t rows) {
+  if (g_gemv_split) return g_gemv_split;
   const int sms = gemv_sms();
   return rows >= 32LL * sms ? 1 : rows >= 16LL * sms ? 2 : 4;
 }
@@ -848,19 +841,22 @@ namespace {
 template <int TT, bool SILU, bool F8>
 void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int T, const WDesc& w,
                      int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
-  // Persistent kernel (opt-in) when every warp of the grid gets at least two rows.
-  const int64_t pblocks = int64_t(g_gemv_persist_bps) * gemv_sms();
-  if (pblocks > 0 && N >= 2 * 8 * pblocks) {
-    launch(gemv_persist_kernel<TT, SILU, F8>, static_cast<unsigned>(pblocks), 256, 0, st, y, ldy, x, ldx, w, N, K, T,
-           bias, btype, up);
+  // Weights under kGemvStreamBytes: loads that skip L1 and two warps per row (kbench gemv --graph on an H200:
+  // 3584x3584 bf16 46 -> 54 % of the probe, 4608x3584 47 -> 59 %, 1536x8960 45 -> 57 %); larger ones keep
+  // L1-allocating loads, faster there (lm_head 152064x3584: 90 % vs 70 %, gate/up 37888x3584: 90 % vs 73 %).
+  const int64_t bytes = N * K * (F8 ? 1 : 2) * (SILU ? 2 : 1);
+  const bool stream = g_gemv_stream >= 0 ? g_gemv_stream == 1 : bytes < kGemvStreamBytes;
+  if (stream && g_gemv_split == 0) {
+    launch(gemv_vec_kernel<TT, 2, SILU, F8, true>, blocks(N, 4), 256, 0, st,
+        y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll);
     return;
   }
   switch (gemv_split(N)) {
-    case 1: launch(gemv_vec_kernel<TT, 1, SILU, F8>, blocks(N, 8), 256, 0, st,
+    case 1: launch(gemv_vec_kernel<TT, 1, SILU, F8, false>, blocks(N, 8), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
-    case 2: launch(gemv_vec_kernel<TT, 2, SILU, F8>, blocks(N, 4), 256, 0, st,
+    case 2: launch(gemv_vec_kernel<TT, 2, SILU, F8, false>, blocks(N, 4), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
-    default: launch(gemv_vec_kernel<TT, 4, SILU, F8>, blocks(N, 2), 256, 0, st,
+    default: launch(gemv_vec_kernel<TT, 4, SILU, F8, false>, blocks(N, 2), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
   }
 }
@@ -926,13 +922,13 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
   const int64_t Hkv = Hq / group;
   const int maxd = std::max(D, Dv);
   auto run_gqa = [&](auto gtag, auto dtag) {
-    constexpr int G = decltype(gtag)::value, DH = decltype(dtag)::value;
+    constexpr int G = decltype(gtag)::value, DH = decltype(dtag)::value, KEYS = G == 1 ? 8 : 4;
     const int64_t nchunk = (group + G - 1) / G;
     // Enough blocks to fill the GPU: split the keys when (tokens x kv heads) alone would not.
     const int64_t nb = T * Hkv * nchunk;
     const int ns = part ? static_cast<int>(std::clamp<int64_t>((target_blocks + nb - 1) / nb, 1, max_split)) : 1;
     const bool merge = counters && nb <= kAttnCounters && ns <= kAttnMaxSplit;  // merged in the kernel
-    launch(attention_gqa_kernel<G, DH>, dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, 0, st, 
+    launch(attention_gqa_kernel<G, DH, KEYS>, dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, 0, st, 
         out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, D, Dv, scale, m, ns, part,
         merge ? counters : nullptr);
     if (ns > 1 && !merge) launch(attention_combine_kernel, blocks(T * Hq * Dv), 256, 0, st,
@@ -942,12 +938,16 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
   using I2 = std::integral_constant<int, 2>;
   using I4 = std::integral_constant<int, 4>;
   using I8 = std::integral_constant<int, 8>;
+  // One query head per block when the step has few query heads (decode of a few sequences): G heads per block
+  // share the key/value loads but walk the keys one after another per head, and at decode the GPU is short of
+  // blocks, not of bandwidth (R1-Distill-Qwen-1.5B, 12 heads / 2 kv heads: 17.6 us per layer with 8 per block).
+  const bool few = T * Hq <= gemv_sms();
   if (maxd <= 128) {
-    if (group == 1) run_gqa(I1{}, I4{});
+    if (group == 1 || few) run_gqa(I1{}, I4{});
     else if (group <= 2) run_gqa(I2{}, I4{});
     else if (group <= 4) run_gqa(I4{}, I4{});
     else run_gqa(I8{}, I4{});
-  } else if (maxd <= 256 && group == 1) {
+  } else if (maxd <= 256 && (group == 1 || few)) {
     run_gqa(I1{}, I8{});
   } else {
     const int wpb = 4;

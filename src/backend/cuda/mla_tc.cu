@@ -138,6 +138,11 @@ __device__ __forceinline__ void tc_copy_row(float* drow, const float* lrow, cons
     cp_async16(drow + ((q ^ sw) << 2), q < C4 ? lrow + 4 * q : krow + 4 * (q - C4), valid);
 }
 
+// qcat keeps each query row in fragment order, already rounded to tf32: within each 8-dim k-step, dims c and c + 4
+// side by side (position 2c and 2c + 1), so that a thread loads both of a k-step's A values with one float2.
+__device__ __forceinline__ int tc_q_pos(int d) { return (d & ~7) + 2 * (d & 3) + ((d >> 2) & 1); }
+__device__ __forceinline__ float tc_q_val(float v) { return __uint_as_float(to_tf32(v)); }
+
 // Q fragments (tf32) of heads h0 + g and h0 + g + 8 for the warp's k-steps ks0 .. ks0 + nks (zero past them, and
 // for heads past H).
 template <int MaxKs>
@@ -148,18 +153,29 @@ __device__ __forceinline__ void tc_load_q(uint32_t (&qa)[MaxKs][4], const float*
   const float* qrb = qcat + (t * H + (hb < H ? hb : 0)) * DQ;
 #pragma unroll
   for (int j = 0; j < MaxKs; ++j) {
-    const int d = (ks0 + j) * 8 + c;
+    const int p = (ks0 + j) * 8 + 2 * c;  // dims 8 ks + c and 8 ks + c + 4, side by side (tc_q_pos)
     const bool in = j < nks;
-    qa[j][0] = to_tf32(in && ha < H ? qra[d] : 0.0f);
-    qa[j][1] = to_tf32(in && hb < H ? qrb[d] : 0.0f);
-    qa[j][2] = to_tf32(in && ha < H ? qra[d + 4] : 0.0f);
-    qa[j][3] = to_tf32(in && hb < H ? qrb[d + 4] : 0.0f);
+    const float2 va = in && ha < H ? *reinterpret_cast<const float2*>(qra + p) : make_float2(0.0f, 0.0f);
+    const float2 vb = in && hb < H ? *reinterpret_cast<const float2*>(qrb + p) : make_float2(0.0f, 0.0f);
+    qa[j][0] = __float_as_uint(va.x);
+    qa[j][1] = __float_as_uint(vb.x);
+    qa[j][2] = __float_as_uint(va.y);
+    qa[j][3] = __float_as_uint(vb.y);
   }
 }
 
 // Start of the partial-result row of head h (C outputs, then the running max and sum).
 __device__ __forceinline__ int64_t tc_part_row(int64_t t, int H, int h, int nsplit, int split, int C) {
   return ((t * H + h) * nsplit + split) * (C + 2);
+}
+// A split without keys: (max, sum) = (-inf, 0) for the block's heads; its outputs are not written (nor read).
+__device__ __forceinline__ void tc_mark_empty(float* part, int64_t t, int H, int h0, int nsplit, int split, int C) {
+  const int h = h0 + int(threadIdx.x);
+  if (threadIdx.x < kTcHeads && h < H) {
+    float* pr = part + tc_part_row(t, H, h, nsplit, split, C);
+    pr[C] = -INFINITY;
+    pr[C + 1] = 0.0f;
+  }
 }
 
 // The warp's output n-tiles no0 .. no0 + nno of heads ha, hb (rows ia, ib; skipped past H) into the partial rows.
@@ -176,42 +192,102 @@ __device__ __forceinline__ void tc_store_out(float* part, const float (&o)[MaxNo
   }
 }
 
-// qcat [T, H, C + R] = [scale * W_UK[h]^T q_nope[t, h], scale * q_pe[t, h]]; one block per (head, kAbTok
-// tokens): W_UK[h] is read once per block, coalesced along C.
-constexpr int kAbTok = 8;
+// Eight consecutive weights W[row, c .. c + 8) as floats: one 16-byte load for bf16 rows that allow it, else
+// element by element (f32, f16, FP8 with block scales).
+__device__ __forceinline__ void mla_w8(const WDesc& w, bool vec, int64_t row, int c, float f[8]) {
+  if (vec) {
+    bf16x8_to_f32(ldg_stream(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + row * w.ld + c)), f);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = wload(w, row, c + e);
+  }
+}
+__host__ __device__ inline bool mla_w8_vec(const WDesc& w) {
+  return w.type == W_BF16 && w.ld % 8 == 0 && (reinterpret_cast<uintptr_t>(w.w) & 15) == 0;
+}
+
+// qcat [T, H, C + R] = [scale * W_UK[h]^T q_nope[t, h], scale * q_pe[t, h]], in fragment order (tc_q_pos).
+// One block per (head, 64 latent columns, kAbTok tokens), 8 warps: thread (row group rg = tid / 8, column group
+// cg = tid % 8) sums rows d = rg, rg + 32, ... of its 8 columns (16-byte loads, all issued before the wait on
+// the previous kernel: the weights are constant), the 32 row groups are then summed (shuffles within a warp,
+// shared memory across warps). Enough blocks to stream W_UK over the whole GPU at decode (16 heads x 8 = 128).
+constexpr int kAbTok = 8, kAbCols = 64, kAbRows = 4;  // kAbRows: rows per thread with loads in flight
 __global__ void __launch_bounds__(256) mla_tc_absorb_kernel(float* qcat, const float* qn, int64_t lqn0, int64_t lqn1,
                                                             const float* qpe, int64_t lqp0, int64_t lqp1, WDesc w,
                                                             int64_t T, int H, int Dn, int Dv, int R, int C,
                                                             float scale) {
-  pdl_entry();
   extern __shared__ __align__(16) float s_qn[];  // [kAbTok][Dn]
+  __shared__ float s_red[8][kAbTok][kAbCols];
+  const int nct = (C + kAbCols - 1) / kAbCols;
   const int h = int(blockIdx.x % unsigned(H));
-  const int64_t tb = int64_t(blockIdx.x / unsigned(H)) * kAbTok;
+  const int ct = int((blockIdx.x / unsigned(H)) % unsigned(nct));
+  const int64_t tb = int64_t(blockIdx.x / unsigned(H * nct)) * kAbTok;
   const int nt = int(T - tb < kAbTok ? T - tb : kAbTok);
-  const int DQ = C + R;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, cg = threadIdx.x % 8, rg = threadIdx.x / 8;
+  const int c = ct * kAbCols + cg * 8;
+  const bool cv = c < C, vec = mla_w8_vec(w);
+  const int64_t wrow0 = int64_t(h) * (Dn + Dv);
+  float f[kAbRows][8];
+#pragma unroll
+  for (int i = 0; i < kAbRows; ++i)
+    if (cv && rg + 32 * i < Dn) mla_w8(w, vec, wrow0 + rg + 32 * i, c, f[i]);
+  pdl_entry();
   for (int i = threadIdx.x; i < kAbTok * Dn; i += blockDim.x) {
     const int tt = i / Dn, d = i % Dn;
     s_qn[i] = tt < nt ? qn[(tb + tt) * lqn0 + h * lqn1 + d] : 0.0f;
   }
   __syncthreads();
-  const int64_t wrow0 = int64_t(h) * (Dn + Dv);
-  for (int c = threadIdx.x; c < C; c += blockDim.x) {
-    float acc[kAbTok];
+  float acc[kAbTok][8];
 #pragma unroll
-    for (int tt = 0; tt < kAbTok; ++tt) acc[tt] = 0.0f;
-    for (int d = 0; d < Dn; ++d) {
-      const float wv = wload(w, wrow0 + d, c);
+  for (int tt = 0; tt < kAbTok; ++tt)
 #pragma unroll
-      for (int tt = 0; tt < kAbTok; ++tt) acc[tt] = fmaf(s_qn[tt * Dn + d], wv, acc[tt]);
+    for (int e = 0; e < 8; ++e) acc[tt][e] = 0.0f;
+  for (int d0 = rg; d0 < Dn; d0 += 32 * kAbRows) {
+    if (d0 != rg) {
+#pragma unroll
+      for (int i = 0; i < kAbRows; ++i)
+        if (cv && d0 + 32 * i < Dn) mla_w8(w, vec, wrow0 + d0 + 32 * i, c, f[i]);
     }
 #pragma unroll
-    for (int tt = 0; tt < kAbTok; ++tt)
-      if (tt < nt) qcat[((tb + tt) * H + h) * DQ + c] = acc[tt] * scale;
+    for (int i = 0; i < kAbRows; ++i) {
+      const int d = d0 + 32 * i;
+      if (!cv || d >= Dn) break;
+#pragma unroll
+      for (int tt = 0; tt < kAbTok; ++tt) {
+        if (tt >= nt) break;
+        const float qv = s_qn[tt * Dn + d];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[tt][e] = fmaf(qv, f[i][e], acc[tt][e]);
+      }
+    }
   }
-  for (int i = threadIdx.x; i < nt * R; i += blockDim.x) {
-    const int tt = i / R, e = i % R;
-    qcat[((tb + tt) * H + h) * DQ + C + e] = qpe[(tb + tt) * lqp0 + h * lqp1 + e] * scale;
+  // Sum the 4 row groups of the warp (lanes cg, cg + 8, cg + 16, cg + 24), then the 8 warps.
+#pragma unroll
+  for (int tt = 0; tt < kAbTok; ++tt) {
+    if (tt >= nt) break;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float v = acc[tt][e];
+      v += __shfl_xor_sync(0xffffffffu, v, 8);
+      v += __shfl_xor_sync(0xffffffffu, v, 16);
+      if (lane < 8) s_red[warp][tt][cg * 8 + e] = v;
+    }
   }
+  __syncthreads();
+  const int DQ = C + R;
+  for (int i = threadIdx.x; i < nt * kAbCols; i += blockDim.x) {
+    const int tt = i / kAbCols, cc = i % kAbCols;
+    if (ct * kAbCols + cc >= C) continue;
+    float v = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v += s_red[j][tt][cc];
+    qcat[((tb + tt) * H + h) * DQ + tc_q_pos(ct * kAbCols + cc)] = tc_q_val(v * scale);
+  }
+  if (ct == 0)
+    for (int i = threadIdx.x; i < nt * R; i += blockDim.x) {
+      const int tt = i / R, e = i % R;
+      qcat[((tb + tt) * H + h) * DQ + tc_q_pos(C + e)] = tc_q_val(qpe[(tb + tt) * lqp0 + h * lqp1 + e] * scale);
+    }
 }
 
 // One block per (token, key split, group of kTcHeads heads); see the top of the file.
@@ -230,8 +306,13 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_tc_kernel(float* part, cons
   const TcWork wk = tc_work<kTcNT>(m, H, nsplit);
   const int h0 = wk.h0, split = wk.split, ntiles = wk.ntiles;
   const int64_t t = wk.t, s0 = wk.s0, s1 = wk.s1;
+  const int tid = threadIdx.x;
+  if (ntiles == 0) {  // no keys in this split (short contexts): only its (max, sum) marker, which the finish skips
+    tc_mark_empty(part, t, H, h0, nsplit, split, C);
+    return;
+  }
   const int32_t* table = wk.table;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
   const int bs = m.block_size;
   const int DQ = C + R, KS = DQ / 8, NO = C / 8, CH = DQ / 4, C4 = C / 4;
   // This warp's score k-steps [ks0, ks0 + nks) and output n-tiles [no0, no0 + nno).
@@ -442,6 +523,10 @@ __global__ void __launch_bounds__(kT2Threads, 1) mla_tc2_kernel(float* part, con
   const TcWork wk = tc_work<kT2NT>(m, H, nsplit);
   const int h0 = wk.h0, split = wk.split, ntiles = wk.ntiles;
   const int64_t t = wk.t, s0 = wk.s0, s1 = wk.s1;
+  if (ntiles == 0) {  // see mla_tc_kernel
+    tc_mark_empty(part, t, H, h0, nsplit, split, C);
+    return;
+  }
   const int32_t* table = wk.table;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
   const int bs = m.block_size;
@@ -626,59 +711,120 @@ __global__ void __launch_bounds__(kT2Threads, 1) mla_tc2_kernel(float* part, con
 #endif
 }
 
-// out[t, h] = W_UV[h] merge(o_lat splits); one block per (head, kFinTok tokens): W_UV[h] is read once per block.
+// out[t, h] = W_UV[h] merge(o_lat splits). One block per (head, kFinRows output rows, kFinTok tokens), 8 warps:
+// the block merges the head's splits into shared memory (splits without keys skipped), then each warp takes
+// kFinRows / 8 rows of W_UV[h] (16-byte loads issued before the wait on the previous kernel) against the merged
+// latent outputs. Dv / kFinRows x H blocks (8 x 16 = 128 for DeepSeek-V2-Lite) at decode.
 constexpr int kFinTok = 8;  // <= 32: lane tt stores token tt
+constexpr int kFinRows = 16, kFinRowsPerWarp = kFinRows / 8, kFinChunks = kTcMaxC / 8 / 32;  // 2 chunks per lane
 __global__ void __launch_bounds__(256) mla_tc_finish_kernel(float* out, int64_t lo0, int64_t lo1, const float* part,
                                                             WDesc w, int64_t T, int H, int Dn, int Dv, int C,
                                                             int nsplit) {
-  pdl_entry();
   extern __shared__ __align__(16) float fin_sm[];
-  float* s_o = fin_sm;                // [kFinTok][C] merged latent outputs
-  float* s_f = fin_sm + kFinTok * C;     // [kFinTok][nsplit] split weights exp(m_j - M) / L
+  float* s_o = fin_sm;                 // [kFinTok][C] merged latent outputs
+  float* s_f = fin_sm + kFinTok * C;   // [kFinTok][nsplit] splits with keys: max, then exp(m_j - M) / L
+  float* s_l = s_f + kFinTok * nsplit;  // [kFinTok][nsplit] their sums
+  int* s_i = reinterpret_cast<int*>(s_l + kFinTok * nsplit);  // [kFinTok][nsplit] their indices
+  __shared__ int s_na[kFinTok];
+  const int nrt = (Dv + kFinRows - 1) / kFinRows;
   const int h = int(blockIdx.x % unsigned(H));
-  const int64_t tb = int64_t(blockIdx.x / unsigned(H)) * kFinTok;
+  const int rt = int((blockIdx.x / unsigned(H)) % unsigned(nrt));
+  const int64_t tb = int64_t(blockIdx.x / unsigned(H * nrt)) * kFinTok;
   const int nt = int(T - tb < kFinTok ? T - tb : kFinTok);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool vec = mla_w8_vec(w);
+  const int64_t wrow0 = int64_t(h) * (Dn + Dv) + Dn;
+  // This warp's rows of W_UV[h]: lane holds columns 8 (lane + 32 j) .. + 8.
+  float f[kFinRowsPerWarp][kFinChunks][8];
+#pragma unroll
+  for (int r = 0; r < kFinRowsPerWarp; ++r) {
+    const int d = rt * kFinRows + warp * kFinRowsPerWarp + r;
+#pragma unroll
+    for (int j = 0; j < kFinChunks; ++j) {
+      const int c = 8 * (lane + 32 * j);
+      if (d < Dv && c < C) mla_w8(w, vec, wrow0 + d, c, f[r][j]);
+    }
+  }
+  pdl_entry();
   const int64_t PS = C + 2;
-  for (int tt = warp; tt < nt; tt += nw) {
+  // Warp tt: the token's splits with keys, compacted (index, weight exp(m_j - M) / L) into shared memory; every
+  // (max, sum) pair is loaded once.
+  for (int tt = warp; tt < nt; tt += 8) {
     const float* pr = part + ((tb + tt) * H + h) * nsplit * PS;
+    int na = 0;
+    for (int j0 = 0; j0 < nsplit; j0 += 32) {
+      const int j = j0 + lane;
+      const float mj = j < nsplit ? pr[j * PS + C] : -INFINITY, lj = j < nsplit ? pr[j * PS + C + 1] : 0.0f;
+      const unsigned act = __ballot_sync(0xffffffffu, mj != -INFINITY);
+      if (mj != -INFINITY) {
+        const int k = na + __popc(act & ((1u << lane) - 1u));
+        s_i[tt * nsplit + k] = j;
+        s_f[tt * nsplit + k] = mj;
+        s_l[tt * nsplit + k] = lj;
+      }
+      na += __popc(act);
+    }
+    __syncwarp();
     float M = -INFINITY;
-    for (int j = lane; j < nsplit; j += 32) M = fmaxf(M, pr[j * PS + C]);
+    for (int k = lane; k < na; k += 32) M = fmaxf(M, s_f[tt * nsplit + k]);
     M = tc_warp_max(M);
     float L = 0.0f;
-    for (int j = lane; j < nsplit; j += 32) {
-      const float mj = pr[j * PS + C];
-      if (mj != -INFINITY) L += pr[j * PS + C + 1] * __expf(mj - M);
-    }
+    for (int k = lane; k < na; k += 32) L += s_l[tt * nsplit + k] * __expf(s_f[tt * nsplit + k] - M);
     L = warp_sum(L);
-    for (int j = lane; j < nsplit; j += 32) {
-      const float mj = pr[j * PS + C];
-      s_f[tt * nsplit + j] = mj == -INFINITY ? 0.0f : __expf(mj - M) / L;
-    }
+    __syncwarp();
+    for (int k = lane; k < na; k += 32) s_f[tt * nsplit + k] = __expf(s_f[tt * nsplit + k] - M) / L;
+    if (lane == 0) s_na[tt] = na;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < kFinTok * C; i += blockDim.x) {
     const int tt = i / C, c = i % C;
     float a = 0.0f;
     if (tt < nt) {
-      const float* pr = part + ((tb + tt) * H + h) * nsplit * PS;
-      for (int j = 0; j < nsplit; ++j) a = fmaf(pr[j * PS + c], s_f[tt * nsplit + j], a);
+      const float* pr = part + ((tb + tt) * H + h) * nsplit * PS + c;
+      const float* sf = s_f + tt * nsplit;
+      const int* si = s_i + tt * nsplit;
+      const int na = s_na[tt];
+      for (int k0 = 0; k0 < na; k0 += 4) {  // four independent loads in flight
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) v[u] = k0 + u < na ? pr[si[k0 + u] * PS] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+          if (k0 + u < na) a = fmaf(v[u], sf[k0 + u], a);
+      }
     }
     s_o[i] = a;
   }
   __syncthreads();
-  const int64_t wrow0 = int64_t(h) * (Dn + Dv) + Dn;
-  for (int d = warp; d < Dv; d += nw) {
+#pragma unroll
+  for (int r = 0; r < kFinRowsPerWarp; ++r) {
+    const int d = rt * kFinRows + warp * kFinRowsPerWarp + r;
+    if (d >= Dv) break;
     float acc[kFinTok];
 #pragma unroll
     for (int tt = 0; tt < kFinTok; ++tt) acc[tt] = 0.0f;
-    for (int c = lane; c < C; c += 32) {
-      const float wv = wload(w, wrow0 + d, c);
 #pragma unroll
-      for (int tt = 0; tt < kFinTok; ++tt) acc[tt] = fmaf(s_o[tt * C + c], wv, acc[tt]);
+    for (int j = 0; j < kFinChunks; ++j) {
+      const int c = 8 * (lane + 32 * j);
+      if (c >= C) break;
+#pragma unroll
+      for (int tt = 0; tt < kFinTok; ++tt) {
+        if (tt >= nt) break;
+        const float4 a = *reinterpret_cast<const float4*>(s_o + tt * C + c);
+        const float4 b = *reinterpret_cast<const float4*>(s_o + tt * C + c + 4);
+        float s = acc[tt];
+        s = fmaf(f[r][j][0], a.x, s); s = fmaf(f[r][j][1], a.y, s);
+        s = fmaf(f[r][j][2], a.z, s); s = fmaf(f[r][j][3], a.w, s);
+        s = fmaf(f[r][j][4], b.x, s); s = fmaf(f[r][j][5], b.y, s);
+        s = fmaf(f[r][j][6], b.z, s); s = fmaf(f[r][j][7], b.w, s);
+        acc[tt] = s;
+      }
     }
 #pragma unroll
-    for (int tt = 0; tt < kFinTok; ++tt) acc[tt] = warp_sum(acc[tt]);
+    for (int tt = 0; tt < kFinTok; ++tt) {
+      if (tt >= nt) break;
+      acc[tt] = warp_sum(acc[tt]);
+    }
     float mine = 0.0f;  // lane tt stores token tt
 #pragma unroll
     for (int tt = 0; tt < kFinTok; ++tt)
@@ -755,8 +901,9 @@ void variant_run(const TcVariant& v, cudaStream_t st, float* out, int64_t lo0, i
   if (T <= 0) return;
   const int Hi = static_cast<int>(H);
   const unsigned tchunks = static_cast<unsigned>((T + kAbTok - 1) / kAbTok);
-  launch(mla_tc_absorb_kernel, dim3(tchunks * unsigned(Hi)), 256, sizeof(float) * kAbTok * Dn, st, qcat, qn, lqn0,
-         lqn1, qpe, lqp0, lqp1, w, T, Hi, Dn, Dv, R, C, scale);
+  const unsigned ctiles = static_cast<unsigned>((C + kAbCols - 1) / kAbCols);
+  launch(mla_tc_absorb_kernel, dim3(tchunks * ctiles * unsigned(Hi)), 256, sizeof(float) * kAbTok * Dn, st, qcat, qn,
+         lqn0, lqn1, qpe, lqp0, lqp1, w, T, Hi, Dn, Dv, R, C, scale);
   {  // opt in to the largest shared memory any supported shape needs, once per device
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
@@ -771,8 +918,9 @@ void variant_run(const TcVariant& v, cudaStream_t st, float* out, int64_t lo0, i
   launch(v.kernel, dim3(static_cast<unsigned>(T * G * nsplit)), v.threads, v.smem(C, R), st, part,
          static_cast<const float*>(qcat), lat, ll0, kpe, lk0, Hi, R, C, m, nsplit);
   const unsigned fchunks = static_cast<unsigned>((T + kFinTok - 1) / kFinTok);
-  launch(mla_tc_finish_kernel, dim3(fchunks * unsigned(Hi)), 256, sizeof(float) * kFinTok * (C + nsplit), st, out, lo0,
-         lo1, static_cast<const float*>(part), w, T, Hi, Dn, Dv, C, nsplit);
+  const unsigned rtiles = static_cast<unsigned>((Dv + kFinRows - 1) / kFinRows);
+  launch(mla_tc_finish_kernel, dim3(fchunks * rtiles * unsigned(Hi)), 256, sizeof(float) * kFinTok * (C + 3 * nsplit),
+         st, out, lo0, lo1, static_cast<const float*>(part), w, T, Hi, Dn, Dv, C, nsplit);
 }
 
 }  // namespace

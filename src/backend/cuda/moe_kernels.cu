@@ -199,8 +199,8 @@ __device__ __forceinline__ void moe_vec_dot(const WDesc& w1, const WDesc& w2, in
   for (int u = 0; u < U; ++u) {
     const int64_t i = ib + u * step;
     if (i < K8) {
-      a[u] = __ldg(wa + i);
-      if (SILU) b[u] = __ldg(wb + i);
+      a[u] = ldg_stream(wa + i);
+      if (SILU) b[u] = ldg_stream(wb + i);
     }
   }
   while (ib < K8) {
@@ -213,8 +213,8 @@ __device__ __forceinline__ void moe_vec_dot(const WDesc& w1, const WDesc& w2, in
       if (SILU) bf16x8_to_f32(b[u], g);
       const int64_t in = i + U * step;  // refill this slot at once: kMoeU loads stay in flight
       if (in < K8) {
-        a[u] = __ldg(wa + in);
-        if (SILU) b[u] = __ldg(wb + in);
+        a[u] = ldg_stream(wa + in);
+        if (SILU) b[u] = ldg_stream(wb + in);
       }
 #pragma unroll
       for (int t = 0; t < TT; ++t) {
