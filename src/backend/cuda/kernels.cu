@@ -825,10 +825,14 @@ int gemv_sms() {
 }
 }  // namespace
 
-int g_gemv_split = 0;    // 0: by rows (below); 1, 2, 4 forced (DSFUSE_CUDA_GEMV_SPLIT, for measurements)
+int g_gemv_split = 0;    // 0: by shape (below); 1, 2, 4, 8 forced (DSFUSE_CUDA_GEMV_SPLIT, for measurements)
 int g_gemv_stream = -1;  // -1: by weight bytes; 0 / 1 forced (DSFUSE_CUDA_GEMV_STREAM)
 constexpr int64_t kGemvStreamBytes = int64_t(40) << 20;
-void set_gemv_split(int s) { g_gemv_split = s == 1 || s == 2 || s == 4 ? s : 0; }
+// Long rows (K >= kGemvLongK) of weights that keep the L1-allocating loads: all 8 warps of a block on one row
+// (kbench gemv --graph, H200: 3584x18944 61 -> 70 % of the probe, Qwen-7B decode +4.8 % on an 8-layer cut; but
+// 4096x11008 65 -> 60 %, hence the threshold).
+constexpr int64_t kGemvLongK = 16384;
+void set_gemv_split(int s) { g_gemv_split = s == 1 || s == 2 || s == 4 || s == 8 ? s : 0; }
 void set_gemv_stream(int s) { g_gemv_stream = s == 0 || s == 1 ? s : -1; }
 
 int gemv_split(int64_t rows) {
@@ -851,7 +855,9 @@ void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int
         y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll);
     return;
   }
-  switch (gemv_split(N)) {
+  switch (g_gemv_split ? g_gemv_split : K >= kGemvLongK ? 8 : gemv_split(N)) {
+    case 8: launch(gemv_vec_kernel<TT, 8, SILU, F8, false>, blocks(N, 1), 256, 0, st,
+        y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
     case 1: launch(gemv_vec_kernel<TT, 1, SILU, F8, false>, blocks(N, 8), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
     case 2: launch(gemv_vec_kernel<TT, 2, SILU, F8, false>, blocks(N, 4), 256, 0, st,
