@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -154,6 +155,33 @@ TEST(Safetensors, SyntheticReleaseRemakesSameValues) {
   const std::vector<uint16_t> again(static_cast<const uint16_t*>(b.data), static_cast<const uint16_t*>(b.data) + 64 * 48);
   EXPECT_EQ(first, again);
   EXPECT_NE(std::count(first.begin(), first.end(), first[0]), static_cast<long>(first.size()));  // not constant
+}
+
+// The view mode (device backends) gives the same values as the copying one, for tensors shorter and longer
+// than the value pool (2^25), again after a release, and while earlier views are still held.
+TEST(Safetensors, SyntheticViewsEqualCopies) {
+  auto copies = Checkpoint::synthetic(7);
+  auto views = Checkpoint::synthetic(7, true);
+  const std::vector<std::pair<std::string, std::pair<int64_t, int64_t>>> ts = {
+      {"model.layers.0.mlp.down_proj.weight", {64, 48}},
+      {"model.embed_tokens.weight", {6000, 6000}},  // 36M values: wraps around the pool
+      {"model.layers.1.self_attn.q_proj.weight", {300, 7}},
+      {"lm_head.weight", {9000, 6000}}};  // longer than the buffer so far: a new one, earlier views stay valid
+  std::vector<TensorView> held;
+  for (const auto& [name, shape] : ts) {
+    const TensorView a = copies->get(name, {shape.first, shape.second});
+    const TensorView b = views->get(name, {shape.first, shape.second});
+    ASSERT_EQ(a.numel(), b.numel());
+    EXPECT_EQ(std::memcmp(a.data, b.data, static_cast<size_t>(a.numel()) * 2), 0) << name;
+    held.push_back(b);
+  }
+  EXPECT_EQ(std::memcmp(copies->get(ts[0].first).data, held[0].data, 64 * 48 * 2), 0);  // after later buffers
+  const TensorView ones = views->get("model.norm.weight", {48});
+  EXPECT_EQ(static_cast<const uint16_t*>(ones.data)[47], 0x3f80);  // norm weights are ones (bf16 1.0)
+  views->release(ts[1].first);
+  EXPECT_FALSE(views->has(ts[1].first));
+  const TensorView again = views->get(ts[1].first, {6000, 6000});
+  EXPECT_EQ(std::memcmp(again.data, copies->get(ts[1].first).data, size_t{6000} * 6000 * 2), 0);
 }
 
 TEST(ModelLoad, UnknownArchitectureNamesSupported) {

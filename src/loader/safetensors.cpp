@@ -202,9 +202,51 @@ Checkpoint::Checkpoint(const fs::path& dir_or_file) : root_(dir_or_file) {
   }
 }
 
-std::unique_ptr<Checkpoint> Checkpoint::synthetic(uint64_t seed) {
+namespace {
+// The random values of dummy weights: 2^25 bf16 values (xorshift64*), made once per process by up to 16 threads.
+const std::vector<uint16_t>& synthetic_pool() {
+  static const std::vector<uint16_t> pool = [] {
+    std::vector<uint16_t> p(size_t{1} << 25);
+    const int64_t chunk = int64_t{1} << 20, nchunks = static_cast<int64_t>(p.size()) / chunk;
+    auto fill = [&](int64_t c) {
+      uint64_t s = 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(c + 1) * 0xD1B54A32D192ED03ull);
+      for (int64_t i = c * chunk; i < (c + 1) * chunk; ++i) {
+        s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
+        const float u = static_cast<float>((s * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
+        p[static_cast<size_t>(i)] = f32_to_bf16((2.0f * u - 1.0f) * 0.0346410f);
+      }
+    };
+    std::vector<std::thread> th;
+    std::atomic<int64_t> next{0};
+    const int nt = static_cast<int>(std::max(1u, std::min(16u, std::thread::hardware_concurrency())));
+    for (int t = 0; t < nt; ++t)
+      th.emplace_back([&] {
+        for (int64_t c; (c = next++) < nchunks;) fill(c);
+      });
+    for (auto& t : th) t.join();
+    return p;
+  }();
+  return pool;
+}
+}  // namespace
+
+const uint16_t* Checkpoint::synthetic_values(size_t off, size_t n) {
+  const std::vector<uint16_t>& pool = synthetic_pool();
+  const size_t P = pool.size();
+  if (ext_.empty() || ext_.back().size() < P + n) {
+    // Sized for the largest tensor asked for so far (with room to grow by half), filled with the pool repeated.
+    const size_t len = P + std::max(n, ext_.empty() ? size_t{0} : ext_.back().size() / 2);
+    std::vector<uint16_t> e(len);
+    for (size_t i = 0; i < len; i += P) std::memcpy(e.data() + i, pool.data(), std::min(P, len - i) * sizeof(uint16_t));
+    ext_.push_back(std::move(e));
+  }
+  return ext_.back().data() + off;
+}
+
+std::unique_ptr<Checkpoint> Checkpoint::synthetic(uint64_t seed, bool views) {
   std::unique_ptr<Checkpoint> c(new Checkpoint());
   c->synthetic_ = true;
+  c->views_ = views;
   c->seed_ = seed;
   c->root_ = "<dummy weights>";
   return c;
@@ -234,6 +276,7 @@ TensorView Checkpoint::get(const std::string& name) {
   const TensorInfo& t = info(name);
   used_.insert(name);
   if (auto o = owned_.find(name); o != owned_.end()) {
+    if (o->second.view) return view_of(t, o->second.view);
     DSFUSE_CHECK(!o->second.data.empty() || t.end == 0, "dummy tensor '", name, "' was released");
     return view_of(t, o->second.data.data());
   }
@@ -249,43 +292,27 @@ TensorView Checkpoint::get(const std::string& name, std::initializer_list<int64_
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     o.info.end = static_cast<uint64_t>(n) * 2;
-    o.data.resize(static_cast<size_t>(n));
     const bool ones = shape.size() == 1 && name.size() >= 11 && name.compare(name.size() - 11, 11, "norm.weight") == 0;
     const bool zeros = shape.size() == 1 && !ones;
     if (ones || zeros) {
-      std::fill(o.data.begin(), o.data.end(), ones ? f32_to_bf16(1.0f) : 0);
+      o.data.assign(static_cast<size_t>(n), ones ? f32_to_bf16(1.0f) : 0);
     } else {
+      if (!views_) o.data.resize(static_cast<size_t>(n));
       // Uniform in [-a, a) with std 0.02 (a = 0.02 * sqrt(3)): slices of one shared pool of 2^25 random values
-      // (xorshift64*, made once), each tensor starting at an offset given by its name's hash, so that a 16B
-      // model's weights take seconds (memcpy speed), not minutes.
-      static const std::vector<uint16_t> pool = [] {
-        std::vector<uint16_t> p(size_t{1} << 25);
-        const int64_t chunk = int64_t{1} << 20, nchunks = static_cast<int64_t>(p.size()) / chunk;
-        auto fill = [&](int64_t c) {
-          uint64_t s = 0x9E3779B97F4A7C15ull ^ (static_cast<uint64_t>(c + 1) * 0xD1B54A32D192ED03ull);
-          for (int64_t i = c * chunk; i < (c + 1) * chunk; ++i) {
-            s ^= s >> 12; s ^= s << 25; s ^= s >> 27;
-            const float u = static_cast<float>((s * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
-            p[static_cast<size_t>(i)] = f32_to_bf16((2.0f * u - 1.0f) * 0.0346410f);
-          }
-        };
-        std::vector<std::thread> th;
-        std::atomic<int64_t> next{0};
-        const int nt = static_cast<int>(std::max(1u, std::min(16u, std::thread::hardware_concurrency())));
-        for (int t = 0; t < nt; ++t)
-          th.emplace_back([&] {
-            for (int64_t c; (c = next++) < nchunks;) fill(c);
-          });
-        for (auto& t : th) t.join();
-        return p;
-      }();
+      // (synthetic_pool), each tensor starting at an offset given by its name's hash, so that a 16B model's
+      // weights take seconds (memcpy speed), not minutes.
+      const std::vector<uint16_t>& pool = synthetic_pool();
       const size_t P = pool.size();
       size_t off = static_cast<size_t>(((seed_ + 0x9E3779B97F4A7C15ull) ^ std::hash<std::string>{}(name)) % P);
-      for (size_t i = 0; i < o.data.size();) {
-        const size_t m = std::min(o.data.size() - i, P - off);
-        std::memcpy(o.data.data() + i, pool.data() + off, m * sizeof(uint16_t));
-        i += m;
-        off = (off + m) % P;
+      if (views_) {
+        o.view = synthetic_values(off, static_cast<size_t>(n));
+      } else {
+        for (size_t i = 0; i < o.data.size();) {
+          const size_t m = std::min(o.data.size() - i, P - off);
+          std::memcpy(o.data.data() + i, pool.data() + off, m * sizeof(uint16_t));
+          i += m;
+          off = (off + m) % P;
+        }
       }
     }
     owned_.emplace(name, std::move(o));

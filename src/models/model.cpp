@@ -601,7 +601,9 @@ std::unique_ptr<Model> Model::load_dummy(const std::filesystem::path& config_jso
   cfg.num_nextn_predict_layers = 0;
   LoadOptions o = opts;
   o.device = resolve_device(opts.device);
-  return std::make_unique<ModelImpl>(std::move(cfg), Checkpoint::synthetic(seed), o);
+  // A device backend copies every weight to its own memory: the host side can be views of one value buffer.
+  const bool views = o.device.rfind("cpu", 0) != 0;
+  return std::make_unique<ModelImpl>(std::move(cfg), Checkpoint::synthetic(seed, views), o);
 }
 
 }  // namespace dsfuse
