@@ -119,6 +119,31 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& v, float f[8]) {
   }
 }
 
+// ag[t] += f . x[t][EPL i ...] (and au[t] += g . the same with SILU) for t < T: one chunk's products, in order
+// (x rows of ldx floats, 16-byte aligned; global or shared memory).
+template <int TT, bool SILU, int EPL>
+__device__ __forceinline__ void gemv_chunk_fma(const float* x, int64_t ldx, int T, int64_t i, const float f[EPL],
+                                               const float g[EPL], float ag[TT], float au[TT]) {
+#pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    if (t >= T) break;
+    const float4* xp = reinterpret_cast<const float4*>(x + t * ldx) + (EPL / 4) * i;
+    float s = ag[t], r = au[t];
+#pragma unroll
+    for (int q = 0; q < EPL / 4; ++q) {
+      const float4 p = xp[q];
+      s = fmaf(f[4 * q], p.x, s); s = fmaf(f[4 * q + 1], p.y, s);
+      s = fmaf(f[4 * q + 2], p.z, s); s = fmaf(f[4 * q + 3], p.w, s);
+      if (SILU) {
+        r = fmaf(g[4 * q], p.x, r); r = fmaf(g[4 * q + 1], p.y, r);
+        r = fmaf(g[4 * q + 2], p.z, r); r = fmaf(g[4 * q + 3], p.w, r);
+      }
+    }
+    ag[t] = s;
+    au[t] = r;
+  }
+}
+
 // acc[t] += sum_k W[row, k] * xr[t][k] for t < nt (lane-partial sums; the caller reduces the warp).
 // Vectorised when the weight is bf16 with K % 8 == 0 and 16-byte aligned rows and inputs.
 template <int TT>

@@ -89,29 +89,6 @@ __device__ __forceinline__ void gemv_chunk_to_f32(const uint4& a, const uint4& b
     if (SILU) bf16x8_to_f32(b, g);
   }
 }
-// ag[t] += f . x[t][EPL i ...] (and au[t] += g . the same with SILU) for t < T: one chunk's products, in order.
-template <int TT, bool SILU, int EPL>
-__device__ __forceinline__ void gemv_chunk_fma(const float* x, int64_t ldx, int T, int64_t i, const float f[EPL],
-                                               const float g[EPL], float ag[TT], float au[TT]) {
-#pragma unroll
-  for (int t = 0; t < TT; ++t) {
-    if (t >= T) break;
-    const float4* xp = reinterpret_cast<const float4*>(x + t * ldx) + (EPL / 4) * i;
-    float s = ag[t], r = au[t];
-#pragma unroll
-    for (int q = 0; q < EPL / 4; ++q) {
-      const float4 p = xp[q];
-      s = fmaf(f[4 * q], p.x, s); s = fmaf(f[4 * q + 1], p.y, s);
-      s = fmaf(f[4 * q + 2], p.z, s); s = fmaf(f[4 * q + 3], p.w, s);
-      if (SILU) {
-        r = fmaf(g[4 * q], p.x, r); r = fmaf(g[4 * q + 1], p.y, r);
-        r = fmaf(g[4 * q + 2], p.z, r); r = fmaf(g[4 * q + 3], p.w, r);
-      }
-    }
-    ag[t] = s;
-    au[t] = r;
-  }
-}
 // A GEMV output: silu(gate) * up, or the dot product plus the bias value.
 template <bool SILU>
 __device__ __forceinline__ float gemv_out(float dot, float up, float bias) {
@@ -855,7 +832,7 @@ void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int
         y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll);
     return;
   }
-  switch (g_gemv_split ? g_gemv_split : K >= kGemvLongK ? 8 : gemv_split(N)) {
+  switch (!g_gemv_split && K >= kGemvLongK ? 8 : gemv_split(N)) {
     case 8: launch(gemv_vec_kernel<TT, 8, SILU, F8, false>, blocks(N, 1), 256, 0, st,
         y, ldy, x, ldx, w, N, K, T, bias, btype, up, g_gemv_roll); break;
     case 1: launch(gemv_vec_kernel<TT, 1, SILU, F8, false>, blocks(N, 8), 256, 0, st,

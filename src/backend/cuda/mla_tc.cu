@@ -203,7 +203,7 @@ __device__ __forceinline__ void mla_w8(const WDesc& w, bool vec, int64_t row, in
   }
 }
 __host__ __device__ inline bool mla_w8_vec(const WDesc& w) {
-  return w.type == W_BF16 && w.ld % 8 == 0 && (reinterpret_cast<uintptr_t>(w.w) & 15) == 0;
+  return w.type == W_BF16 && w.ld % 8 == 0 && aligned16(w.w);
 }
 
 // qcat [T, H, C + R] = [scale * W_UK[h]^T q_nope[t, h], scale * q_pe[t, h]], in fragment order (tc_q_pos).
@@ -800,25 +800,13 @@ __global__ void __launch_bounds__(256) mla_tc_finish_kernel(float* out, int64_t 
   for (int r = 0; r < kFinRowsPerWarp; ++r) {
     const int d = rt * kFinRows + warp * kFinRowsPerWarp + r;
     if (d >= Dv) break;
-    float acc[kFinTok];
+    float acc[kFinTok], unused[kFinTok];
 #pragma unroll
-    for (int tt = 0; tt < kFinTok; ++tt) acc[tt] = 0.0f;
+    for (int tt = 0; tt < kFinTok; ++tt) acc[tt] = unused[tt] = 0.0f;
 #pragma unroll
     for (int j = 0; j < kFinChunks; ++j) {
-      const int c = 8 * (lane + 32 * j);
-      if (c >= C) break;
-#pragma unroll
-      for (int tt = 0; tt < kFinTok; ++tt) {
-        if (tt >= nt) break;
-        const float4 a = *reinterpret_cast<const float4*>(s_o + tt * C + c);
-        const float4 b = *reinterpret_cast<const float4*>(s_o + tt * C + c + 4);
-        float s = acc[tt];
-        s = fmaf(f[r][j][0], a.x, s); s = fmaf(f[r][j][1], a.y, s);
-        s = fmaf(f[r][j][2], a.z, s); s = fmaf(f[r][j][3], a.w, s);
-        s = fmaf(f[r][j][4], b.x, s); s = fmaf(f[r][j][5], b.y, s);
-        s = fmaf(f[r][j][6], b.z, s); s = fmaf(f[r][j][7], b.w, s);
-        acc[tt] = s;
-      }
+      if (8 * (lane + 32 * j) >= C) break;
+      gemv_chunk_fma<kFinTok, false, 8>(s_o, C, nt, lane + 32 * j, f[r][j], f[r][j], acc, unused);
     }
 #pragma unroll
     for (int tt = 0; tt < kFinTok; ++tt) {
