@@ -43,15 +43,18 @@ DSFUSE_CUDA_MLA_HEADS=1 "$BUILD_DIR/dsfuse_tests" \
 echo "=== opt-in DSFUSE_CUDA_MLA_HEADS=1 (MLA with all heads per block): $mh ($(( $(date +%s) - t1 )) s) ==="
 grep -E "^\[ops\] cuda +mla|^\[parity\] cuda|Failure" "$LOG_DIR/tests-mla-heads.log" | head -20
 # Alternatives, checked against the same references and reported apart: the 8-warp tensor-core MLA kernel for
-# every step (DSFUSE_CUDA_MLA=tc2; by default it takes steps of 16+ tokens and the 4-warp one the rest), and the
-# decode GEMV with L1-allocating loads for every weight (DSFUSE_CUDA_GEMV_STREAM=0; by default weights under 40 MB,
-# which are all the test shapes, bypass L1). bf16 activations in every batched GEMM (DSFUSE_CUDA_SPLIT_MAX_T=0,
-# what vLLM does) fail the op tests' 1e-4 and reach 9e-2 on the MoE fixtures' logits, so they stay opt-in.
+# every step (DSFUSE_CUDA_MLA=tc2; by default it takes steps of 16+ tokens and the 4-warp one the rest), the
+# one-token GEMV through bulk copies (TMA) for every bf16 weight (by default only 24 MB+, larger than any test
+# shape, which take the cp.async-ring kernel), and the register-held GEMV with L1-allocating loads (the path of
+# FP8 weights and steps of 2-8 tokens; DSFUSE_CUDA_GEMV_STREAM=0, by default weights under 40 MB bypass L1).
+# bf16 activations in every batched GEMM (DSFUSE_CUDA_SPLIT_MAX_T=0, what vLLM does) fail the op tests' 1e-4
+# and reach 9e-2 on the MoE fixtures' logits, so they stay opt-in.
 ci=0
-for v in "DSFUSE_CUDA_MLA=tc2" "DSFUSE_CUDA_GEMV_STREAM=0"; do
+for v in "DSFUSE_CUDA_MLA=tc2" "DSFUSE_CUDA_GEMV_TMA_MIN_MB=0" \
+    "DSFUSE_CUDA_GEMV_TMA=0 DSFUSE_CUDA_GEMV_ASYNC=0 DSFUSE_CUDA_GEMV_STREAM=0"; do
   t1=$(date +%s)
   ci=$((ci + 1))
-  env "$v" "$BUILD_DIR/dsfuse_tests" \
+  env $v "$BUILD_DIR/dsfuse_tests" \
     --gtest_filter='Backends/BackendOps.Mla*/1:Backends/BackendOps.Segmented*/1:Backends/BackendOps.Linear*/1:*Parity.Cuda*:*Greedy*Cuda*' \
     > "$LOG_DIR/tests-candidate$ci.log" 2>&1 && r="PASSED" || r="FAILED"
   echo "=== candidate $v: $r ($(( $(date +%s) - t1 )) s) ==="

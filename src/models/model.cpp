@@ -328,8 +328,12 @@ TensorView CausalLM::forward_logits(const Batch& b, KVCache& pool, const std::ve
     layers(x, b, pool);
     if (L == 0) return;
     // Final norm and head only for the rows whose logits are wanted.  // xl [L, H] -> out [L, V]
+    // One copy per run of consecutive rows (a decode step wants every row: one launch, not one per sequence).
     xl = arena_.alloc(DType::F32, {L, H});
-    for (int64_t i = 0; i < L; ++i) be_.copy_rows(xl, i, x.rows(logit_rows[i], logit_rows[i] + 1));
+    for (int64_t i = 0, j; i < L; i = j) {
+      for (j = i + 1; j < L && logit_rows[j] == logit_rows[j - 1] + 1;) ++j;
+      be_.copy_rows(xl, i, x.rows(logit_rows[i], logit_rows[j - 1] + 1));
+    }
     be_.rms_norm(xl, xl, final_norm_, static_cast<float>(cfg_.rms_norm_eps));
     out = arena_.alloc(DType::F32, {L, V});
     if (tp_.comm) {  // [L, V / size] per rank -> [L, V]

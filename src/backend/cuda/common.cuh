@@ -110,6 +110,18 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4* p) {
       : "l"(p));
   return v;
 }
+// 16 bytes global -> shared; zero fill when !valid (src is then not read).
+template <typename D, typename S>
+__device__ __forceinline__ void cp_async16(D* dst, const S* src, bool valid) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
 __device__ __forceinline__ void bf16x8_to_f32(const uint4& v, float f[8]) {
   const uint32_t u[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -238,6 +250,15 @@ void set_gemv_split(int s);
 // L1-bypassing weight loads in the decode GEMV: -1 by weight size (default), 0 never, 1 always
 // (DSFUSE_CUDA_GEMV_STREAM).
 void set_gemv_stream(int s);
+// One-token decode GEMVs of bf16 weights under the TMA size through a per-lane cp.async ring (default on;
+// DSFUSE_CUDA_GEMV_ASYNC=0: the register-held kernel).
+void set_gemv_async(bool on);
+// One-token decode GEMVs of bf16 weights of at least min_bytes (-1: keep the 24 MB default) through bulk copies
+// (TMA) into per-warp shared-memory rings (sm_90 only; DSFUSE_CUDA_GEMV_TMA=0 off, DSFUSE_CUDA_GEMV_TMA_MIN_MB).
+void set_gemv_tma(bool on, int64_t min_bytes = -1);
+// One-token MoE expert GEMVs of bf16 experts through per-lane cp.async rings (default on; DSFUSE_CUDA_MOE_RING=0:
+// register-held loads).
+void set_moe_ring(bool on);
 // kernel<<<grid, block, shm, st>>>(args...) with the PDL attribute when enabled; checks the launch.
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shm, cudaStream_t st, Args&&... args) {

@@ -381,6 +381,18 @@ class CudaBackend final : public Backend {
     cuda::set_gemv_roll(!(roll && std::string(roll) == "0"));
     if (const char* gs = std::getenv("DSFUSE_CUDA_GEMV_SPLIT"); gs && *gs) cuda::set_gemv_split(std::atoi(gs));
     if (const char* gt = std::getenv("DSFUSE_CUDA_GEMV_STREAM"); gt && *gt) cuda::set_gemv_stream(std::atoi(gt));
+    {
+      const char* gk = std::getenv("DSFUSE_CUDA_GEMV_TMA");
+      const char* gm = std::getenv("DSFUSE_CUDA_GEMV_TMA_MIN_MB");
+      cuda::set_gemv_tma(cc >= 9 && !(gk && std::string(gk) == "0"), gm && *gm ? std::atoll(gm) << 20 : -1);
+    }
+    if (const char* sb = std::getenv("DSFUSE_CUDA_SMALL_BATCH_BLAS"); sb && std::string(sb) == "0")
+      small_batch_blas_ = false;
+    if (const char* mr = std::getenv("DSFUSE_CUDA_MOE_RING"); mr && std::string(mr) == "0") cuda::set_moe_ring(false);
+    if (const char* ga = std::getenv("DSFUSE_CUDA_GEMV_ASYNC"); ga && std::string(ga) == "0")
+      cuda::set_gemv_async(false);
+    if (const char* gm = std::getenv("DSFUSE_CUDA_GEMV_MAX_T"); gm && *gm)
+      gemv_max_T_ = std::clamp<int64_t>(std::atoll(gm), 0, kGemvMaxT);
     // Split-K attention merges in its last block through these counters (zero between launches);
     // DSFUSE_CUDA_ATTN_MERGE=0: a separate combine kernel instead.
     if (const char* sm = std::getenv("DSFUSE_CUDA_SPLIT_MAX_T"); sm && *sm) split_max_T_ = std::atoll(sm);
@@ -619,7 +631,7 @@ class CudaBackend final : public Backend {
     Prof prof(this, "linear_silu");
     if (skip_op("linear_silu")) return;
     const int64_t T = x.shape[0], I = w.out_features() / 2, K = w.in_features();
-    if (T <= kGemvMaxT && w.bias.empty()) {
+    if (T <= gemv_max_T_ && w.bias.empty() && !small_batch_to_blas(desc_of(w), 2 * I, K, T)) {
       count_bytes(static_cast<int64_t>(w.bytes()));
       cuda::gemv_silu(stream_, y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], T, desc_of(w), I, K);
       return;
@@ -1217,6 +1229,16 @@ class CudaBackend final : public Backend {
                               static_cast<int>(K), H, I, tab, E, cnt, list, hbuf, ybuf);
   }
 
+  // Steps of 2-8 tokens over larger bf16 weights go to cuBLAS (activations split into bf16 hi + lo rows): it reads
+  // the weights once for all rows in about the one-token time, while the decode GEMV rereads the activations from
+  // L1 for every weight chunk and slows about linearly with T (kbench gemv --graph on an H200, runs 27-28:
+  // 4096x11008 T=2 44.5 vs 28.5 us, T=8 147 vs 29; but 1536x1536 T=2 4.9 vs 8.1, 256x1536 T=8 5.8 vs 6.3).
+  bool small_batch_to_blas(const WDesc& d, int64_t N, int64_t K, int64_t T) const {
+    if (T < 2 || f32_ || d.type != W_BF16 || !small_batch_blas_) return false;
+    const int64_t mb = int64_t(1) << 20, bytes = N * K * 2;
+    return bytes >= (T >= 8 ? 2 * mb : T >= 4 ? 4 * mb : 12 * mb);
+  }
+
   // y [T, N] (row stride ldy) = x [T, K] (row stride ldx) W^T + b, all f32 device pointers.
   void linear_impl(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const Linear& w) {
     const int64_t N = w.out_features(), K = w.in_features();
@@ -1224,7 +1246,7 @@ class CudaBackend final : public Backend {
     const int btype = w.bias.empty() ? 0 : wtype_of(w.bias.dtype);
     const void* bias = w.bias.empty() ? nullptr : w.bias.data;
     count_bytes(static_cast<int64_t>(w.bytes()));
-    if (T <= kGemvMaxT) {
+    if (T <= gemv_max_T_ && !small_batch_to_blas(d, N, K, T)) {
       cuda::gemv(stream_, y, ldy, x, ldx, T, d, N, K, bias, btype);
       return;
     }
@@ -1293,6 +1315,9 @@ class CudaBackend final : public Backend {
   int* attn_counters_ = nullptr;
   bool attn_merge_ = true;
   int64_t split_max_T_ = 256;
+  // Steps of up to this many tokens take the decode GEMV, longer ones cuBLAS (DSFUSE_CUDA_GEMV_MAX_T, 0..8).
+  int64_t gemv_max_T_ = kGemvMaxT;
+  bool small_batch_blas_ = true;  // small_batch_to_blas (DSFUSE_CUDA_SMALL_BATCH_BLAS=0: the GEMV up to 8 tokens)
   // moe_experts: steps with more (token, expert) pairs than this take the GEMM path (DSFUSE_CUDA_MOE_GEMM_PAIRS).
   int64_t moe_gemm_pairs_ = 8192;
   // The engine sends eligible sampled steps to sample_rows (DSFUSE_CUDA_SAMPLING=0: drawn on the host instead;

@@ -180,6 +180,204 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
   }
 }
 
+// The one-token GEMV for bf16 weights under the TMA kernel's size (g_gemv_tma_min) over a cp.async ring: each
+// lane streams its 16-byte chunks of the row through kGvAsyncBytes / 16 slots of shared memory that it alone
+// writes and reads (no barriers), so the loads in flight are not held in registers: 32 registers instead of the
+// register-held kernel's 83 (2 blocks per SM there, ncu). cp.async.cg caches in L2 only, so the activations keep
+// L1 to themselves. kbench gemv --graph on an H200 (runs 28, 30): 1536x1536 4.24 -> 2.78 us, 576x2048 2.82 ->
+// 1.92, 3072x2048 7.25 -> 5.16, 1536x8960 15.2 -> 11.2 (2048x1536 4.58 -> 4.72: the one shape measured slower).
+constexpr int kGvAsyncBytes = 128;  // per lane in flight
+template <int S, bool SILU>
+__global__ void __launch_bounds__(256) gemv_async_kernel(float* y, const float* x, WDesc w, int64_t N, int64_t K,
+                                                         const void* bias, int btype, int64_t up) {
+  constexpr int R = SILU ? 2 : 1;              // weight rows streamed per lane (gate and up)
+  constexpr int NS = kGvAsyncBytes / 16 / R;   // ring slots per lane
+  extern __shared__ uint4 gv_ring[];           // [NS][R][256]: slot s of row r of lane l at (s R + r) 256 + l
+  __shared__ float red[8][SILU ? 2 : 1];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t n = int64_t(blockIdx.x) * (8 / S) + warp / S;
+  const int ks = warp % S;
+  const bool live = n < N;
+  const int64_t KV = K / 8, step = 32 * S, i0 = ks * 32 + lane;
+  const int64_t nc = live && i0 < KV ? (KV - i0 + step - 1) / step : 0;  // this lane's chunks of the row
+  const int64_t ng = live ? n : 0, nu = ng + (SILU ? up : 0);
+  const uint4* wg = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + ng * w.ld) + i0;
+  const uint4* wu = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + nu * w.ld) + i0;
+  uint4* ring = gv_ring + tid;
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {  // the first NS chunks (one commit group each, empty past the row's end)
+    if (s < nc) {
+      cp_async16(ring + s * R * 256, wg + s * step, true);
+      if (SILU) cp_async16(ring + (s * R + 1) * 256, wu + s * step, true);
+    }
+    cp_async_commit();
+  }
+  pdl_entry();
+  float ag = 0.0f, au = 0.0f;
+  int s = 0;
+  for (int64_t c = 0; c < nc; ++c) {
+    cp_async_wait<NS - 1>();  // group c (chunk c) has landed: NS + c groups committed so far
+    const uint4 a = ring[s * R * 256];
+    uint4 b = a;
+    if (SILU) b = ring[(s * R + 1) * 256];
+    float f[8], g[8];
+    gemv_chunk_to_f32<SILU, false>(a, b, 0.0f, 0.0f, f, g);
+    if (c + NS < nc) {  // refill the slot just read (this lane's own) with chunk c + NS
+      cp_async16(ring + s * R * 256, wg + (c + NS) * step, true);
+      if (SILU) cp_async16(ring + (s * R + 1) * 256, wu + (c + NS) * step, true);
+    }
+    cp_async_commit();
+    gemv_chunk_fma<1, SILU, 8>(x, 0, 1, i0 + c * step, f, g, &ag, &au);
+    s = s + 1 == NS ? 0 : s + 1;
+  }
+  ag = warp_sum(ag);
+  if (SILU) au = warp_sum(au);
+  if (S > 1) {
+    splitk_sum<1, S, SILU>(red, warp, lane, ks, &ag, &au);
+    if (ks != 0) return;
+  }
+  if (live && lane == 0) y[n] = gemv_out<SILU>(ag, au, !SILU && bias ? vload(bias, btype, n) : 0.0f);
+}
+
+// ---- decode GEMV at one token through the Tensor Memory Accelerator (sm_90) ----
+// cuBLAS's batch-1 kernels on an H200 (ncu: nvjet ..._splitK, one 384-thread block per SM with 164 KB of shared
+// memory in flight) beat the register-held GEMV above by 10-20 % on the 7B shapes; the per-lane cp.async ring
+// (gemv_async_kernel) did not close the gap. Here each warp streams its own rows through its own ring of
+// kTmaStages x kTmaSeg bytes with 1D bulk copies (cp.async.bulk, one instruction per piece of a row, completion
+// on an mbarrier), one 256-thread block per SM: 160 KB in flight per SM without registers holding it. Block b
+// owns rows [N b / G, N (b + 1) / G); a warp group of S warps takes every (8 / S)-th of them, its S warps one
+// contiguous part of K each (S > 1 when a block has < 32 rows; parts summed through shared memory at the end).
+// Run 29: 12288x4096 32.5 -> 26.5 us (torch's cuBLAS: 26.5), 4096x11008 31.3 -> 28.1, 3584x18944 43.2 -> 36.7,
+// lm_head 102400x4096 208 -> 196; 8-layer decode Qwen-7B 1.08x, LLM-7B 1.14x, 1.5B 1.12x.
+constexpr int kTmaStages = 5;
+constexpr int kTmaSeg = 4096;  // bytes of one ring slot (one piece of a row; gate + up halves with SILU)
+constexpr int kTmaMaxRowsSplit = 32;
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_init_fence() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+// Arms the barrier's phase for `bytes` of bulk copies (this thread's arrival included).
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n\t.reg .pred p;\n"
+      "WAIT:\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t"
+      "@!p bra WAIT;\n}" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+#endif
+}
+// bytes (multiple of 16, 16-byte aligned ends) global -> shared, completing on bar.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+#endif
+}
+
+template <bool SILU>
+__global__ void __launch_bounds__(256, 1) gemv_tma_kernel(float* y, const float* x, WDesc w, int64_t N, int64_t K,
+                                                          int S, const void* bias, int btype, int64_t up) {
+  extern __shared__ __align__(128) unsigned char tma_ring[];  // [8 warps][kTmaStages][kTmaSeg]
+  __shared__ __align__(8) uint64_t bar[8][kTmaStages];
+  __shared__ float part[kTmaMaxRowsSplit][8][SILU ? 2 : 1];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r0 = N * blockIdx.x / gridDim.x, r1 = N * (blockIdx.x + 1) / gridDim.x;
+  const int groups = 8 / S, g = warp / S, ks = warp % S;
+  const int64_t partlen = ((K + S - 1) / S + 7) / 8 * 8;
+  const int64_t k0 = min(K, ks * partlen), k1 = min(K, k0 + partlen);
+  constexpr int64_t PE = kTmaSeg / 2 / (SILU ? 2 : 1);  // weights per row per piece
+  const int64_t np = (k1 - k0 + PE - 1) / PE;          // pieces of each of this warp's rows
+  unsigned char* ring = tma_ring + warp * kTmaStages * kTmaSeg;
+  uint64_t* wbar = bar[warp];
+  const uint16_t* W = static_cast<const uint16_t*>(w.w);
+  if (lane == 0) {
+    for (int s = 0; s < kTmaStages; ++s) mbar_init(wbar + s, 1);
+    mbar_init_fence();
+  }
+  __syncwarp();
+  // Producer (lane 0): the next piece to load, kTmaStages pieces ahead of the consumer.
+  int64_t prow = r0 + g, pp = 0;
+  auto issue = [&](int slot) {
+    if (np == 0 || prow >= r1) return;
+    const int64_t kb = k0 + pp * PE;
+    const uint32_t bytes = static_cast<uint32_t>(min(PE, k1 - kb) * 2);
+    mbar_expect_tx(wbar + slot, SILU ? 2 * bytes : bytes);
+    bulk_copy(ring + slot * kTmaSeg, W + prow * w.ld + kb, bytes, wbar + slot);
+    if (SILU) bulk_copy(ring + slot * kTmaSeg + kTmaSeg / 2, W + (prow + up) * w.ld + kb, bytes, wbar + slot);
+    if (++pp == np) {
+      pp = 0;
+      prow += groups;
+    }
+  };
+  if (lane == 0)
+    for (int s = 0; s < kTmaStages; ++s) issue(s);
+  pdl_entry();
+  int slot = 0;
+  uint32_t phase = 0;
+  for (int64_t row = r0 + g; row < r1; row += groups) {
+    float a = 0.0f, u = 0.0f;
+    for (int64_t p = 0; p < np; ++p) {
+      mbar_wait(wbar + slot, phase);
+      const int64_t kb = k0 + p * PE;
+      const int nc = static_cast<int>(min(PE, k1 - kb) / 8);
+      const uint4* src = reinterpret_cast<const uint4*>(ring + slot * kTmaSeg);
+      for (int c = lane; c < nc; c += 32) {
+        const uint4 v = src[c];
+        const uint4 vu = SILU ? src[kTmaSeg / 32 + c] : v;
+        float f[8], gu[8];
+        gemv_chunk_to_f32<SILU, false>(v, vu, 0.0f, 0.0f, f, gu);
+        gemv_chunk_fma<1, SILU, 8>(x, 0, 1, kb / 8 + c, f, gu, &a, &u);
+      }
+      __syncwarp();  // every lane has read the slot before it is refilled
+      if (lane == 0) issue(slot);
+      if (++slot == kTmaStages) {
+        slot = 0;
+        phase ^= 1;
+      }
+    }
+    a = warp_sum(a);
+    if (SILU) u = warp_sum(u);
+    if (lane != 0) continue;
+    if (S == 1) {
+      y[row] = gemv_out<SILU>(a, u, !SILU && bias ? vload(bias, btype, row) : 0.0f);
+    } else {
+      part[row - r0][ks][0] = a;
+      if (SILU) part[row - r0][ks][SILU ? 1 : 0] = u;
+    }
+  }
+  if (S == 1) return;
+  __syncthreads();
+  for (int64_t t = threadIdx.x; t < r1 - r0; t += blockDim.x) {
+    float a = 0.0f, u = 0.0f;
+    for (int j = 0; j < S; ++j) {
+      a += part[t][j][0];
+      if (SILU) u += part[t][j][SILU ? 1 : 0];
+    }
+    y[r0 + t] = gemv_out<SILU>(a, u, !SILU && bias ? vload(bias, btype, r0 + t) : 0.0f);
+  }
+}
+
 __global__ void combine_halves_kernel(float* y, int64_t ldy, const float* y2, int64_t T, int64_t N, const void* bias,
                                       int btype) {
   pdl_entry();
@@ -803,6 +1001,12 @@ int gemv_sms() {
 }  // namespace
 
 int g_gemv_split = 0;    // 0: by shape (below); 1, 2, 4, 8 forced (DSFUSE_CUDA_GEMV_SPLIT, for measurements)
+bool g_gemv_tma = false;                      // one-token bf16 GEMVs through gemv_tma_kernel (sm_90)
+// ... of at least these many weight bytes (24 MB; kbench gemv --graph, H200, run 30: the cp.async ring is ahead
+// below, e.g. 5632x2048 SwiGLU 7.41 vs 9.29 us, 3072x2048 5.16 vs 6.96; TMA above, 3584x3584 10.9 vs 12.2,
+// 2048x10944 16.1 vs 19.6; between 24 and 34 MB either wins by <= 5 %)
+int64_t g_gemv_tma_min = int64_t(24) << 20;
+bool g_gemv_async = true;  // one-token bf16 GEMVs below the TMA size through gemv_async_kernel
 int g_gemv_stream = -1;  // -1: by weight bytes; 0 / 1 forced (DSFUSE_CUDA_GEMV_STREAM)
 constexpr int64_t kGemvStreamBytes = int64_t(40) << 20;
 // Long rows (K >= kGemvLongK) of weights that keep the L1-allocating loads: all 8 warps of a block on one row
@@ -811,6 +1015,11 @@ constexpr int64_t kGemvStreamBytes = int64_t(40) << 20;
 constexpr int64_t kGemvLongK = 16384;
 void set_gemv_split(int s) { g_gemv_split = s == 1 || s == 2 || s == 4 || s == 8 ? s : 0; }
 void set_gemv_stream(int s) { g_gemv_stream = s == 0 || s == 1 ? s : -1; }
+void set_gemv_tma(bool on, int64_t min_bytes) {
+  g_gemv_tma = on;
+  if (min_bytes >= 0) g_gemv_tma_min = min_bytes;
+}
+void set_gemv_async(bool on) { g_gemv_async = on; }
 
 int gemv_split(int64_t rows) {
   if (g_gemv_split) return g_gemv_split;
@@ -819,12 +1028,55 @@ int gemv_split(int64_t rows) {
 }
 
 namespace {
+template <int S, bool SILU>
+void gemv_async_launch_s(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
+                         const void* bias, int btype, int64_t up) {
+  constexpr size_t shm = size_t(kGvAsyncBytes) * 256;  // 32 KB: under the default dynamic limit
+  launch(gemv_async_kernel<S, SILU>, blocks(N, 8 / S), 256, shm, st, y, x, w, N, K, bias, btype, up);
+}
+template <bool SILU>
+void gemv_async_launch(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
+                       const void* bias, int btype, int64_t up) {
+  switch (!g_gemv_split && K >= kGemvLongK ? 8 : gemv_split(N)) {
+    case 8: gemv_async_launch_s<8, SILU>(st, y, x, w, N, K, bias, btype, up); break;
+    case 1: gemv_async_launch_s<1, SILU>(st, y, x, w, N, K, bias, btype, up); break;
+    case 2: gemv_async_launch_s<2, SILU>(st, y, x, w, N, K, bias, btype, up); break;
+    default: gemv_async_launch_s<4, SILU>(st, y, x, w, N, K, bias, btype, up); break;
+  }
+}
+
+template <bool SILU>
+void gemv_tma_launch(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
+                     const void* bias, int btype, int64_t up) {
+  constexpr size_t shm = size_t(8) * kTmaStages * kTmaSeg;
+  static const bool attr = [] {
+    return cudaFuncSetAttribute(gemv_tma_kernel<SILU>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shm)) ==
+           cudaSuccess;
+  }();
+  (void)attr;
+  const int64_t G = std::min<int64_t>(gemv_sms(), N);
+  const int64_t rows = (N + G - 1) / G;  // most rows of a block
+  const int S = g_gemv_split ? g_gemv_split : rows >= kTmaMaxRowsSplit ? 1 : rows >= 16 ? 2 : rows >= 8 ? 4 : 8;
+  if (S > 1 && rows > kTmaMaxRowsSplit) {  // a forced split with more rows than the partial sums hold
+    launch(gemv_tma_kernel<SILU>, unsigned(G), 256, shm, st, y, x, w, N, K, 1, bias, btype, up);
+    return;
+  }
+  launch(gemv_tma_kernel<SILU>, unsigned(G), 256, shm, st, y, x, w, N, K, S, bias, btype, up);
+}
+
 template <int TT, bool SILU, bool F8>
 void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int T, const WDesc& w,
                      int64_t N, int64_t K, const void* bias, int btype, int64_t up) {
   // Weights under kGemvStreamBytes: loads that skip L1 and two warps per row (kbench gemv --graph on an H200:
   // 3584x3584 bf16 46 -> 54 % of the probe, 4608x3584 47 -> 59 %, 1536x8960 45 -> 57 %); larger ones keep
   // L1-allocating loads, faster there (lm_head 152064x3584: 90 % vs 70 %, gate/up 37888x3584: 90 % vs 73 %).
+  // One token, bf16 weights: bulk copies into per-warp rings for large weights, the cp.async ring below that
+  // (kbench gemv --graph, H200, runs 29-30; the register-held kernel stays for FP8, T > 1 and when both are off).
+  if constexpr (!F8 && TT == 1) {
+    if (T == 1 && g_gemv_tma && N * K * 2 * (SILU ? 2 : 1) >= g_gemv_tma_min)
+      return gemv_tma_launch<SILU>(st, y, x, w, N, K, bias, btype, up);
+    if (T == 1 && g_gemv_async) return gemv_async_launch<SILU>(st, y, x, w, N, K, bias, btype, up);
+  }
   const int64_t bytes = N * K * (F8 ? 1 : 2) * (SILU ? 2 : 1);
   const bool stream = g_gemv_stream >= 0 ? g_gemv_stream == 1 : bytes < kGemvStreamBytes;
   if (stream && g_gemv_split == 0) {

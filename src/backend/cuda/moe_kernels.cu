@@ -238,6 +238,52 @@ __device__ __forceinline__ void moe_vec_dot(const WDesc& w1, const WDesc& w2, in
   }
 }
 
+// The same dot for one pair (T = 1, bf16, vec_ok) through a per-lane cp.async ring of kMoeRingBytes / 16 slots in
+// dynamic shared memory (the dense decode GEMV's gemv_async_kernel: loads in flight without registers holding
+// them). Returns with every copy it issued complete, so the ring can be reused by the next pass.
+constexpr int kMoeRingBytes = 128;
+template <int S, bool SILU>
+__device__ __forceinline__ void moe_ring_dot(const WDesc& w1, const WDesc& w2, int64_t n, int64_t Kd,
+                                             const float* xrow, int ks, int lane, float* a1, float* a2) {
+  constexpr int R = SILU ? 2 : 1;
+  constexpr int NS = kMoeRingBytes / 16 / R;
+  extern __shared__ uint4 moe_ring[];  // [NS][R][256]
+  const int64_t K8 = Kd / 8, step = 32 * S, i0 = ks * 32 + lane;
+  const int64_t nc = i0 < K8 ? (K8 - i0 + step - 1) / step : 0;
+  const uint4* wa = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w1.w) + n * w1.ld) + i0;
+  const uint4* wb = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w2.w) + n * w2.ld) + i0;
+  uint4* ring = moe_ring + threadIdx.x;
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {
+    if (s < nc) {
+      cp_async16(ring + s * R * 256, wa + s * step, true);
+      if (SILU) cp_async16(ring + (s * R + 1) * 256, wb + s * step, true);
+    }
+    cp_async_commit();
+  }
+  float s1 = *a1, s2 = *a2;
+  int s = 0;
+  for (int64_t c = 0; c < nc; ++c) {
+    cp_async_wait<NS - 1>();
+    const uint4 va = ring[s * R * 256];
+    uint4 vb = va;
+    if (SILU) vb = ring[(s * R + 1) * 256];
+    float f[8], g[8];
+    bf16x8_to_f32(va, f);
+    if (SILU) bf16x8_to_f32(vb, g);
+    if (c + NS < nc) {
+      cp_async16(ring + s * R * 256, wa + (c + NS) * step, true);
+      if (SILU) cp_async16(ring + (s * R + 1) * 256, wb + (c + NS) * step, true);
+    }
+    cp_async_commit();
+    gemv_chunk_fma<1, SILU, 8>(xrow, 0, 1, i0 + c * step, f, g, &s1, &s2);
+    s = s + 1 == NS ? 0 : s + 1;
+  }
+  cp_async_wait<0>();
+  *a1 = s1;
+  *a2 = s2;
+}
+
 // Grouped expert GEMV over the pairs routed to each active expert; grid (min(E, T K), ceil(N / (8 / S))), 256
 // threads: block x takes active expert active[x] (blocks past cnt[E] exit), warp w row y (8 / S) + w / S and K
 // slice w % S (split K, summed through shared memory in a fixed order). Pairs go TT at a time (a loop when an
@@ -247,8 +293,8 @@ __device__ __forceinline__ void moe_vec_dot(const WDesc& w1, const WDesc& w2, in
 //   !SILU (down):   y = ybuf [pair, H], x = hbuf (row p), N = H, Kd = I; ybuf[p, n] = hbuf[p] . Wd[e][n].
 // bf16 experts with aligned rows take moe_vec_dot (gate and up rows loaded together, kMoeU loads in flight
 // per lane); other weights go through row_dot in the warps of K slice 0.
-template <int TT, int S, bool SILU>
-__global__ void __launch_bounds__(256, TT <= 4 ? 2 : 1) moe_expert_kernel(float* y, int64_t ldy, const float* x, int64_t ldx,
+template <int TT, int S, bool SILU, bool RING>
+__global__ void __launch_bounds__(256, RING ? (SILU ? 3 : 4) : TT <= 4 ? 2 : 1) moe_expert_kernel(float* y, int64_t ldy, const float* x, int64_t ldx,
                                                          const ExpertDesc* experts, const int32_t* cnt,
                                                          const int32_t* list, const int32_t* active, int E,
                                                          int64_t T, int K, int64_t N, int64_t Kd) {
@@ -278,8 +324,12 @@ __global__ void __launch_bounds__(256, TT <= 4 ? 2 : 1) moe_expert_kernel(float*
     float a1[TT], a2[TT];
 #pragma unroll
     for (int j = 0; j < TT; ++j) a1[j] = a2[j] = 0.0f;
-    if (vec) {
-      if (live) moe_vec_dot<TT, S, SILU>(w1, w2, n, Kd, x, ldx, xr, nt, ks, lane, a1, a2);
+    if (vec) {  // RING (TT = 1) keeps the register-held moe_vec_dot out of the kernel: 32 KB of slots instead
+      if constexpr (RING) {  // of 128 registers per thread
+        if (live) moe_ring_dot<S, SILU>(w1, w2, n, Kd, x + int64_t(xr[0]) * ldx, ks, lane, a1, a2);
+      } else {
+        if (live) moe_vec_dot<TT, S, SILU>(w1, w2, n, Kd, x, ldx, xr, nt, ks, lane, a1, a2);
+      }
     } else if (live && ks == 0) {
       const float* xp[TT];
 #pragma unroll
@@ -395,22 +445,44 @@ __global__ void scatter_rows_kernel(float* dst, int64_t ldd, const float* src, i
   dst[int64_t(idx[i / H]) * ldd + i % H] = src[(i / H) * lds + i % H];
 }
 
+bool g_moe_ring = true;
+
 template <int TT, bool SILU>
 void moe_expert_launch(cudaStream_t st, unsigned na, int S, float* y, int64_t ldy, const float* x, int64_t ldx,
                        const ExpertDesc* experts, const int32_t* cnt, const int32_t* list, const int32_t* active,
                        int E, int64_t T, int K, int64_t N, int64_t Kd) {
+  // One token: the bf16 experts' rows stream through each lane's cp.async ring (32 KB of dynamic shared memory).
+  if (TT == 1 && g_moe_ring) {
+    constexpr size_t shm = size_t(kMoeRingBytes) * 256;
+    switch (S) {
+      case 1:
+        launch(moe_expert_kernel<1, 1, SILU, true>, dim3(na, blocks(N, 8)), 256, shm, st, y, ldy, x, ldx, experts,
+               cnt, list, active, E, T, K, N, Kd);
+        break;
+      case 2:
+        launch(moe_expert_kernel<1, 2, SILU, true>, dim3(na, blocks(N, 4)), 256, shm, st, y, ldy, x, ldx, experts,
+               cnt, list, active, E, T, K, N, Kd);
+        break;
+      default:
+        launch(moe_expert_kernel<1, 4, SILU, true>, dim3(na, blocks(N, 2)), 256, shm, st, y, ldy, x, ldx, experts,
+               cnt, list, active, E, T, K, N, Kd);
+        break;
+    }
+    check_launch();
+    return;
+  }
   switch (S) {
     case 1:
-      launch(moe_expert_kernel<TT, 1, SILU>, dim3(na, blocks(N, 8)), 256, 0, st, y, ldy, x, ldx, experts, cnt, list,
-             active, E, T, K, N, Kd);
+      launch(moe_expert_kernel<TT, 1, SILU, false>, dim3(na, blocks(N, 8)), 256, 0, st, y, ldy, x, ldx, experts, cnt,
+             list, active, E, T, K, N, Kd);
       break;
     case 2:
-      launch(moe_expert_kernel<TT, 2, SILU>, dim3(na, blocks(N, 4)), 256, 0, st, y, ldy, x, ldx, experts, cnt, list,
-             active, E, T, K, N, Kd);
+      launch(moe_expert_kernel<TT, 2, SILU, false>, dim3(na, blocks(N, 4)), 256, 0, st, y, ldy, x, ldx, experts, cnt,
+             list, active, E, T, K, N, Kd);
       break;
     default:
-      launch(moe_expert_kernel<TT, 4, SILU>, dim3(na, blocks(N, 2)), 256, 0, st, y, ldy, x, ldx, experts, cnt, list,
-             active, E, T, K, N, Kd);
+      launch(moe_expert_kernel<TT, 4, SILU, false>, dim3(na, blocks(N, 2)), 256, 0, st, y, ldy, x, ldx, experts, cnt,
+             list, active, E, T, K, N, Kd);
       break;
   }
   check_launch();
@@ -429,6 +501,8 @@ void moe_expert_gemv(cudaStream_t st, unsigned na, float* y, int64_t ldy, const 
 }
 
 }  // namespace
+
+void set_moe_ring(bool on) { g_moe_ring = on; }
 
 void moe_route(cudaStream_t st, int32_t* ids, int64_t ldi, float* wts, int64_t ldw, const float* logits,
                int64_t ldl, const float* bias, int64_t T, const RouterParams& p) {
