@@ -115,6 +115,21 @@ class Staged final : public Backend {
     in_->add_rms_norm(dev(x), dev(o), dev(h), dev(w), eps);
     flush();
   }
+  bool fuses_norm_linear(int64_t T, const Linear& w) const override { return in_->fuses_norm_linear(T, w); }
+  void rms_norm_linear(TensorView y, const TensorView& x, const TensorView& nw, float eps, const Linear& w,
+                       TensorView h) override {
+    in_->rms_norm_linear(dev(y), dev(x), dev(nw), eps, in_->prepare(w), dev(h));
+    flush();
+  }
+  void rms_norm_linear_silu(TensorView y, const TensorView& x, const TensorView& nw, float eps, const Linear& w,
+                            TensorView h) override {
+    in_->rms_norm_linear_silu(dev(y), dev(x), dev(nw), eps, in_->prepare(w), dev(h));
+    flush();
+  }
+  void linear_add(TensorView x, const TensorView& a, const Linear& w, TensorView tmp) override {
+    in_->linear_add(dev(x), dev(a), in_->prepare(w), dev(tmp));
+    flush();
+  }
   void argmax_rows(TensorView ids, const TensorView& x) override {
     in_->argmax_rows(dev(ids), dev(x));
     flush();
@@ -296,6 +311,55 @@ TEST_P(BackendOps, LinearDecodeShapes) {
       ref->linear_silu(TensorView(d.data(), DType::F32, {T, I}), x, w);
       check(("linear_silu " + tag + " " + std::to_string(N) + "x" + std::to_string(K) + " T" + std::to_string(T)).c_str(),
             c, d);
+    }
+  }
+}
+
+// The decode step's fold-ins: rms_norm_linear (with bias), rms_norm_linear_silu and linear_add against the
+// reference's separate ops, at one token (the fused GEMVs on CUDA, bf16) and at three (composed), for bf16, f32
+// and FP8 weights (the last two compose on every backend) and f32 / bf16 norm weights.
+TEST_P(BackendOps, LinearFusedNormResidual) {
+  // N / 2 a multiple of 8, so that linear_add's [K, N / 2] weights take the vectorised kernels too.
+  for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{8512, 272}, {2512, 144}, {48, 1040}, {640, 1536}}) {
+    WeightSet ws(N, K, static_cast<uint32_t>(3 * N + K));
+    WeightSet wd(K, N / 2, static_cast<uint32_t>(N + 5 * K));  // [K, I]: the down projection of linear_add
+    auto bias = randn(N, 6), bias_d = randn(K, 7);
+    auto nwf = randn(K, 8, 0.5f);
+    for (auto& v : nwf) v += 1.0f;
+    std::vector<uint16_t> nwb(static_cast<size_t>(K));
+    for (int64_t k = 0; k < K; ++k) nwb[static_cast<size_t>(k)] = f32_to_bf16(nwf[static_cast<size_t>(k)]);
+    for (int wi : {1, 0, 3})  // bf16, f32, FP8 block-scaled
+    for (int64_t T : {1, 3}) {
+      const std::string tag = ws.all[static_cast<size_t>(wi)].first + " " + std::to_string(N) + "x" +
+                              std::to_string(K) + " T" + std::to_string(T);
+      const TensorView nw = wi == 1 ? TensorView(nwb.data(), DType::BF16, {K}) : TensorView(nwf.data(), DType::F32, {K});
+      auto xs = randn(T * K, 9, 2.0f);
+      TensorView x(xs.data(), DType::F32, {T, K});
+      std::vector<float> hbuf(T * K), href(T * K);
+      TensorView h(hbuf.data(), DType::F32, {T, K}), hr(href.data(), DType::F32, {T, K});
+      ref->rms_norm(hr, x, nw, 1e-5f);
+      Linear lb = ws.all[static_cast<size_t>(wi)].second;
+      lb.bias = TensorView(bias.data(), DType::F32, {N});
+      std::vector<float> a(T * N), b(T * N);
+      be->rms_norm_linear(TensorView(a.data(), DType::F32, {T, N}), x, nw, 1e-5f, lb, h);
+      ref->linear(TensorView(b.data(), DType::F32, {T, N}), hr, lb);
+      check(("rms_norm_linear " + tag).c_str(), a, b);
+      const int64_t I = N / 2;
+      std::vector<float> c(T * I), d(T * I);
+      be->rms_norm_linear_silu(TensorView(c.data(), DType::F32, {T, I}), x, nw, 1e-5f,
+                               ws.all[static_cast<size_t>(wi)].second, h);
+      ref->linear_silu(TensorView(d.data(), DType::F32, {T, I}), hr, ws.all[static_cast<size_t>(wi)].second);
+      check(("rms_norm_linear_silu " + tag).c_str(), c, d);
+      // x += c Wd^T + b: the residual stream updated in place.
+      Linear ld = wd.all[static_cast<size_t>(wi)].second;
+      ld.bias = TensorView(bias_d.data(), DType::F32, {K});
+      auto x1 = xs, x2 = xs;
+      std::vector<float> tmp(T * K), tmp2(T * K);
+      be->linear_add(TensorView(x1.data(), DType::F32, {T, K}), TensorView(c.data(), DType::F32, {T, I}), ld,
+                     TensorView(tmp.data(), DType::F32, {T, K}));
+      ref->linear(TensorView(tmp2.data(), DType::F32, {T, K}), TensorView(c.data(), DType::F32, {T, I}), ld);
+      ref->add(TensorView(x2.data(), DType::F32, {T, K}), TensorView(tmp2.data(), DType::F32, {T, K}));
+      check(("linear_add " + tag).c_str(), x1, x2);
     }
   }
 }

@@ -121,6 +121,27 @@ class Backend {
     add(x, o);
     rms_norm(h, x, w, eps);
   }
+  // A decode step's norm and residual folded into the projections around them (llama-family layers call these
+  // when fuses_norm_linear(T, a layer's qkv weight) is true and there is no tensor parallelism; the defaults
+  // compose the ops through the caller's scratch, so a backend only overrides what it fuses):
+  //   rms_norm_linear       y = rms_norm(x, nw) W^T + b                          y [T, N], x [T, K], h [T, K]
+  //   rms_norm_linear_silu  y = SwiGLU over gate_up of rms_norm(x, nw)           y [T, I], x [T, K], h [T, K]
+  //   linear_add            x += a W^T + b (the residual add into the output)    x [T, N], a [T, K], tmp [T, N]
+  virtual bool fuses_norm_linear(int64_t /*T*/, const Linear& /*w*/) const { return false; }
+  virtual void rms_norm_linear(TensorView y, const TensorView& x, const TensorView& nw, float eps, const Linear& w,
+                               TensorView h) {
+    rms_norm(h, x, nw, eps);
+    linear(y, h, w);
+  }
+  virtual void rms_norm_linear_silu(TensorView y, const TensorView& x, const TensorView& nw, float eps,
+                                    const Linear& gate_up, TensorView h) {
+    rms_norm(h, x, nw, eps);
+    linear_silu(y, h, gate_up);
+  }
+  virtual void linear_add(TensorView x, const TensorView& a, const Linear& w, TensorView tmp) {
+    linear(tmp, a, w);
+    add(x, tmp);
+  }
   // y = silu(x Wg^T + bg) * (x Wu^T + bu) for gate_up = [Wg; Wu] ([2I, K], bias [2I] optional)  // y [T, I], x [T, K]
   // The default runs linear() into a temporary and silu_mul().
   virtual void linear_silu(TensorView y, const TensorView& x, const Linear& gate_up);

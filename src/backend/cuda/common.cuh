@@ -294,6 +294,11 @@ constexpr int kGemvMaxT = 8;
 // y [T, I] = silu(x Wg^T) * (x Wu^T) for W = [Wg; Wu] ([2I, K]); T <= 8.
 void gemv_silu(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
                int64_t I, int64_t K);
+// One token through the TMA / cp.async-ring GEMVs with a fold-in: nw set: y = rms_norm(x, nw) W^T (+ b), or with
+// silu the SwiGLU of it over the stacked gate/up ([2N, K], no bias); res: y += x W^T (+ b). False (nothing launched)
+// when the weight, alignment or K is not one they take or both kernels are off.
+bool gemv_fused(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K, const void* bias,
+                int btype, bool silu, const void* nw, int nwtype, float eps, bool res);
 // y [T, N] = Y2[0:T] + Y2[T:2T] (+ b): sums the hi/lo halves of a split-activation GEMM.
 void combine_halves(cudaStream_t st, float* y, int64_t ldy, const float* y2, int64_t T, int64_t N, const void* bias,
                     int btype);

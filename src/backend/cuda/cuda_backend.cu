@@ -386,6 +386,7 @@ class CudaBackend final : public Backend {
       const char* gm = std::getenv("DSFUSE_CUDA_GEMV_TMA_MIN_MB");
       cuda::set_gemv_tma(cc >= 9 && !(gk && std::string(gk) == "0"), gm && *gm ? std::atoll(gm) << 20 : -1);
     }
+    if (const char* fn = std::getenv("DSFUSE_CUDA_FUSE_NORM"); fn && *fn) fuse_norm_ = std::string(fn) == "1";
     if (const char* sb = std::getenv("DSFUSE_CUDA_SMALL_BATCH_BLAS"); sb && std::string(sb) == "0")
       small_batch_blas_ = false;
     if (const char* mr = std::getenv("DSFUSE_CUDA_MOE_RING"); mr && std::string(mr) == "0") cuda::set_moe_ring(false);
@@ -591,6 +592,52 @@ class CudaBackend final : public Backend {
     if (skip_op("linear")) return;
     Op op(this);
     linear_impl(y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], x.shape[0], w);
+  }
+
+  // One-token steps over bf16 weights may fold the norm into the next GEMV and the residual add into the previous
+  // one's output (cuda::gemv_fused: the TMA and cp.async-ring kernels); other shapes compose the ops. Off by
+  // default: measured 0.95-0.98x on 8-layer decode (run 34, H200), with every block's norm prologue walking x
+  // one load at a time; reworked after that run (loads batched, residual read early), not measured since.
+  // DSFUSE_CUDA_FUSE_NORM=1 turns it on. The ops themselves always fuse when called (the op tests cover them).
+  bool fuses_norm_linear(int64_t T, const Linear& w) const override {
+    return T == 1 && fuse_norm_ && !f32_ && w.w.dtype == DType::BF16;
+  }
+  void rms_norm_linear(TensorView y, const TensorView& x, const TensorView& nw, float eps, const Linear& w,
+                       TensorView h) override {
+    Prof prof(this, "rms_norm_linear");
+    if (skip_op("rms_norm_linear")) return;
+    Op op(this);
+    if (fused_gemv(y, x, w, false, &nw, eps, false)) return;
+    Backend::rms_norm_linear(y, x, nw, eps, w, h);
+  }
+  void rms_norm_linear_silu(TensorView y, const TensorView& x, const TensorView& nw, float eps,
+                            const Linear& gate_up, TensorView h) override {
+    Prof prof(this, "rms_norm_linear_silu");
+    if (skip_op("rms_norm_linear_silu")) return;
+    Op op(this);
+    if (fused_gemv(y, x, gate_up, true, &nw, eps, false)) return;
+    Backend::rms_norm_linear_silu(y, x, nw, eps, gate_up, h);
+  }
+  void linear_add(TensorView x, const TensorView& a, const Linear& w, TensorView tmp) override {
+    Prof prof(this, "linear_add");
+    if (skip_op("linear_add")) return;
+    Op op(this);
+    if (fused_gemv(x, a, w, false, nullptr, 0.0f, true)) return;
+    Backend::linear_add(x, a, w, tmp);
+  }
+  // One token through cuda::gemv_fused when it takes the weight (false: the caller composes the ops).
+  bool fused_gemv(TensorView y, const TensorView& x, const Linear& w, bool silu, const TensorView* nw, float eps,
+                  bool res) {
+    if (x.shape[0] != 1 || (nw && nw->ndim != 1)) return false;
+    const WDesc d = desc_of(w);
+    const int64_t N = silu ? w.out_features() / 2 : w.out_features(), K = w.in_features();
+    const void* bias = w.bias.empty() ? nullptr : w.bias.data;
+    const int btype = w.bias.empty() ? 0 : wtype_of(w.bias.dtype);
+    if (!cuda::gemv_fused(stream_, y.ptr<float>(), x.ptr<float>(), d, N, K, bias, btype, silu,
+                          nw ? nw->data : nullptr, nw ? wtype_of(nw->dtype) : 0, eps, res))
+      return false;
+    count_bytes(static_cast<int64_t>(w.bytes()));
+    return true;
   }
 
   void rms_norm(TensorView y, const TensorView& x, const TensorView& w, float eps) override {
@@ -1317,6 +1364,7 @@ class CudaBackend final : public Backend {
   int64_t split_max_T_ = 256;
   // Steps of up to this many tokens take the decode GEMV, longer ones cuBLAS (DSFUSE_CUDA_GEMV_MAX_T, 0..8).
   int64_t gemv_max_T_ = kGemvMaxT;
+  bool fuse_norm_ = false;  // fuses_norm_linear (DSFUSE_CUDA_FUSE_NORM=1: on)
   bool small_batch_blas_ = true;  // small_batch_to_blas (DSFUSE_CUDA_SMALL_BATCH_BLAS=0: the GEMV up to 8 tokens)
   // moe_experts: steps with more (token, expert) pairs than this take the GEMM path (DSFUSE_CUDA_MOE_GEMM_PAIRS).
   int64_t moe_gemm_pairs_ = 8192;

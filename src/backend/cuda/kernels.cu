@@ -180,6 +180,52 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
   }
 }
 
+// What the one-token GEMVs below fold in. NORM: the input is rms_norm(x) * nw, computed by each block into xs
+// (K floats of shared memory) before its dot products; the dots use x * nw and are scaled by 1 / rms at the end.
+// RES: the output is added to y (the residual stream) instead of stored.
+struct GemvFuse {
+  const void* nw = nullptr;  // norm weight [K] (NORM)
+  int nwtype = 0;
+  float eps = 0.0f;
+};
+// xs[k] = x[k] * nw[k] for k < K; returns 1 / rms(x) (every thread of the block; two barriers). K % 4 == 0; the
+// loads go out 4 float4 (and their 16 norm weights) at a time, so a row of up to 4096 costs one memory round trip.
+__device__ __forceinline__ float gemv_norm_prologue(const float* x, int64_t K, const GemvFuse& fz, float* xs,
+                                                   float* red8) {
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  float4* xs4 = reinterpret_cast<float4*>(xs);
+  const int64_t K4 = K / 4, step = blockDim.x;
+  float ss = 0.0f;
+  for (int64_t i0 = threadIdx.x; i0 < K4; i0 += 4 * step) {
+    float4 v[4];
+    float g[16];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t i = i0 + j * step;
+      if (i < K4) {
+        v[j] = x4[i];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) g[4 * j + q] = vload(fz.nw, fz.nwtype, 4 * i + q);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t i = i0 + j * step;
+      if (i >= K4) break;
+      ss = fmaf(v[j].x, v[j].x, ss); ss = fmaf(v[j].y, v[j].y, ss);
+      ss = fmaf(v[j].z, v[j].z, ss); ss = fmaf(v[j].w, v[j].w, ss);
+      xs4[i] = make_float4(v[j].x * g[4 * j], v[j].y * g[4 * j + 1], v[j].z * g[4 * j + 2], v[j].w * g[4 * j + 3]);
+    }
+  }
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) red8[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float t = 0.0f;
+  for (int i = 0; i < int(blockDim.x / 32); ++i) t += red8[i];
+  __syncthreads();  // red8 may be reused
+  return 1.0f / sqrtf(t / float(K) + fz.eps);  // as the norm kernels
+}
+
 // The one-token GEMV for bf16 weights under the TMA kernel's size (g_gemv_tma_min) over a cp.async ring: each
 // lane streams its 16-byte chunks of the row through kGvAsyncBytes / 16 slots of shared memory that it alone
 // writes and reads (no barriers), so the loads in flight are not held in registers: 32 registers instead of the
@@ -187,13 +233,13 @@ __global__ void __launch_bounds__(256) gemv_vec_kernel(float* y, int64_t ldy, co
 // L1 to themselves. kbench gemv --graph on an H200 (runs 28, 30): 1536x1536 4.24 -> 2.78 us, 576x2048 2.82 ->
 // 1.92, 3072x2048 7.25 -> 5.16, 1536x8960 15.2 -> 11.2 (2048x1536 4.58 -> 4.72: the one shape measured slower).
 constexpr int kGvAsyncBytes = 128;  // per lane in flight
-template <int S, bool SILU>
+template <int S, bool SILU, bool NORM, bool RES>
 __global__ void __launch_bounds__(256) gemv_async_kernel(float* y, const float* x, WDesc w, int64_t N, int64_t K,
-                                                         const void* bias, int btype, int64_t up) {
+                                                         const void* bias, int btype, int64_t up, GemvFuse fz) {
   constexpr int R = SILU ? 2 : 1;              // weight rows streamed per lane (gate and up)
   constexpr int NS = kGvAsyncBytes / 16 / R;   // ring slots per lane
   extern __shared__ uint4 gv_ring[];           // [NS][R][256]: slot s of row r of lane l at (s R + r) 256 + l
-  __shared__ float red[8][SILU ? 2 : 1];
+  __shared__ float red[8][SILU ? 2 : 1];       // (NORM: then xs [K] after the ring)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t n = int64_t(blockIdx.x) * (8 / S) + warp / S;
   const int ks = warp % S;
@@ -213,6 +259,14 @@ __global__ void __launch_bounds__(256) gemv_async_kernel(float* y, const float* 
     cp_async_commit();
   }
   pdl_entry();
+  const float yres = RES && live && ks == 0 && lane == 0 ? y[n] : 0.0f;  // loaded now, used at the end
+  float rs = 1.0f;
+  const float* xin = x;
+  if (NORM) {
+    float* xs = reinterpret_cast<float*>(gv_ring + NS * R * 256);
+    rs = gemv_norm_prologue(x, K, fz, xs, &red[0][0]);
+    xin = xs;
+  }
   float ag = 0.0f, au = 0.0f;
   int s = 0;
   for (int64_t c = 0; c < nc; ++c) {
@@ -227,7 +281,7 @@ __global__ void __launch_bounds__(256) gemv_async_kernel(float* y, const float* 
       if (SILU) cp_async16(ring + (s * R + 1) * 256, wu + (c + NS) * step, true);
     }
     cp_async_commit();
-    gemv_chunk_fma<1, SILU, 8>(x, 0, 1, i0 + c * step, f, g, &ag, &au);
+    gemv_chunk_fma<1, SILU, 8>(xin, 0, 1, i0 + c * step, f, g, &ag, &au);
     s = s + 1 == NS ? 0 : s + 1;
   }
   ag = warp_sum(ag);
@@ -236,7 +290,9 @@ __global__ void __launch_bounds__(256) gemv_async_kernel(float* y, const float* 
     splitk_sum<1, S, SILU>(red, warp, lane, ks, &ag, &au);
     if (ks != 0) return;
   }
-  if (live && lane == 0) y[n] = gemv_out<SILU>(ag, au, !SILU && bias ? vload(bias, btype, n) : 0.0f);
+  if (!live || lane != 0) return;
+  const float out = gemv_out<SILU>(ag * rs, au * rs, !SILU && bias ? vload(bias, btype, n) : 0.0f);
+  y[n] = RES ? yres + out : out;
 }
 
 // ---- decode GEMV at one token through the Tensor Memory Accelerator (sm_90) ----
@@ -295,12 +351,13 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
 #endif
 }
 
-template <bool SILU>
+template <bool SILU, bool NORM, bool RES>
 __global__ void __launch_bounds__(256, 1) gemv_tma_kernel(float* y, const float* x, WDesc w, int64_t N, int64_t K,
-                                                          int S, const void* bias, int btype, int64_t up) {
-  extern __shared__ __align__(128) unsigned char tma_ring[];  // [8 warps][kTmaStages][kTmaSeg]
+                                                          int S, const void* bias, int btype, int64_t up, GemvFuse fz) {
+  extern __shared__ __align__(128) unsigned char tma_ring[];  // [8 warps][kTmaStages][kTmaSeg] (NORM: then xs [K])
   __shared__ __align__(8) uint64_t bar[8][kTmaStages];
   __shared__ float part[kTmaMaxRowsSplit][8][SILU ? 2 : 1];
+  __shared__ float nred[8];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t r0 = N * blockIdx.x / gridDim.x, r1 = N * (blockIdx.x + 1) / gridDim.x;
   const int groups = 8 / S, g = warp / S, ks = warp % S;
@@ -333,9 +390,17 @@ __global__ void __launch_bounds__(256, 1) gemv_tma_kernel(float* y, const float*
   if (lane == 0)
     for (int s = 0; s < kTmaStages; ++s) issue(s);
   pdl_entry();
+  float rs = 1.0f;
+  const float* xin = x;
+  if (NORM) {
+    float* xs = reinterpret_cast<float*>(tma_ring + size_t(8) * kTmaStages * kTmaSeg);
+    rs = gemv_norm_prologue(x, K, fz, xs, nred);
+    xin = xs;
+  }
   int slot = 0;
   uint32_t phase = 0;
   for (int64_t row = r0 + g; row < r1; row += groups) {
+    const float yres = RES && S == 1 && lane == 0 ? y[row] : 0.0f;  // loaded now, used after the row's dots
     float a = 0.0f, u = 0.0f;
     for (int64_t p = 0; p < np; ++p) {
       mbar_wait(wbar + slot, phase);
@@ -347,7 +412,7 @@ __global__ void __launch_bounds__(256, 1) gemv_tma_kernel(float* y, const float*
         const uint4 vu = SILU ? src[kTmaSeg / 32 + c] : v;
         float f[8], gu[8];
         gemv_chunk_to_f32<SILU, false>(v, vu, 0.0f, 0.0f, f, gu);
-        gemv_chunk_fma<1, SILU, 8>(x, 0, 1, kb / 8 + c, f, gu, &a, &u);
+        gemv_chunk_fma<1, SILU, 8>(xin, 0, 1, kb / 8 + c, f, gu, &a, &u);
       }
       __syncwarp();  // every lane has read the slot before it is refilled
       if (lane == 0) issue(slot);
@@ -360,7 +425,8 @@ __global__ void __launch_bounds__(256, 1) gemv_tma_kernel(float* y, const float*
     if (SILU) u = warp_sum(u);
     if (lane != 0) continue;
     if (S == 1) {
-      y[row] = gemv_out<SILU>(a, u, !SILU && bias ? vload(bias, btype, row) : 0.0f);
+      const float out = gemv_out<SILU>(a * rs, u * rs, !SILU && bias ? vload(bias, btype, row) : 0.0f);
+      y[row] = RES ? yres + out : out;
     } else {
       part[row - r0][ks][0] = a;
       if (SILU) part[row - r0][ks][SILU ? 1 : 0] = u;
@@ -374,7 +440,8 @@ __global__ void __launch_bounds__(256, 1) gemv_tma_kernel(float* y, const float*
       a += part[t][j][0];
       if (SILU) u += part[t][j][SILU ? 1 : 0];
     }
-    y[r0 + t] = gemv_out<SILU>(a, u, !SILU && bias ? vload(bias, btype, r0 + t) : 0.0f);
+    const float out = gemv_out<SILU>(a * rs, u * rs, !SILU && bias ? vload(bias, btype, r0 + t) : 0.0f);
+    y[r0 + t] = RES ? y[r0 + t] + out : out;
   }
 }
 
@@ -1028,40 +1095,48 @@ int gemv_split(int64_t rows) {
 }
 
 namespace {
-template <int S, bool SILU>
+// The largest K the NORM forms take (xs in shared memory beside the rings).
+constexpr int64_t kGemvNormMaxK = 12288;
+
+template <int S, bool SILU, bool NORM, bool RES>
 void gemv_async_launch_s(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
-                         const void* bias, int btype, int64_t up) {
-  constexpr size_t shm = size_t(kGvAsyncBytes) * 256;  // 32 KB: under the default dynamic limit
-  launch(gemv_async_kernel<S, SILU>, blocks(N, 8 / S), 256, shm, st, y, x, w, N, K, bias, btype, up);
+                         const void* bias, int btype, int64_t up, const GemvFuse& fz) {
+  constexpr size_t ring = size_t(kGvAsyncBytes) * 256;  // 32 KB
+  static const bool attr = [] {  // room for xs beside the ring
+    return !NORM || cudaFuncSetAttribute(gemv_async_kernel<S, SILU, NORM, RES>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         int(ring + kGemvNormMaxK * 4)) == cudaSuccess;
+  }();
+  (void)attr;
+  const size_t shm = ring + (NORM ? size_t(K) * 4 : 0);
+  launch(gemv_async_kernel<S, SILU, NORM, RES>, blocks(N, 8 / S), 256, shm, st, y, x, w, N, K, bias, btype, up, fz);
 }
-template <bool SILU>
+template <bool SILU, bool NORM, bool RES>
 void gemv_async_launch(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
-                       const void* bias, int btype, int64_t up) {
+                       const void* bias, int btype, int64_t up, const GemvFuse& fz = {}) {
   switch (!g_gemv_split && K >= kGemvLongK ? 8 : gemv_split(N)) {
-    case 8: gemv_async_launch_s<8, SILU>(st, y, x, w, N, K, bias, btype, up); break;
-    case 1: gemv_async_launch_s<1, SILU>(st, y, x, w, N, K, bias, btype, up); break;
-    case 2: gemv_async_launch_s<2, SILU>(st, y, x, w, N, K, bias, btype, up); break;
-    default: gemv_async_launch_s<4, SILU>(st, y, x, w, N, K, bias, btype, up); break;
+    case 8: gemv_async_launch_s<8, SILU, NORM, RES>(st, y, x, w, N, K, bias, btype, up, fz); break;
+    case 1: gemv_async_launch_s<1, SILU, NORM, RES>(st, y, x, w, N, K, bias, btype, up, fz); break;
+    case 2: gemv_async_launch_s<2, SILU, NORM, RES>(st, y, x, w, N, K, bias, btype, up, fz); break;
+    default: gemv_async_launch_s<4, SILU, NORM, RES>(st, y, x, w, N, K, bias, btype, up, fz); break;
   }
 }
 
-template <bool SILU>
+template <bool SILU, bool NORM, bool RES>
 void gemv_tma_launch(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
-                     const void* bias, int btype, int64_t up) {
-  constexpr size_t shm = size_t(8) * kTmaStages * kTmaSeg;
+                     const void* bias, int btype, int64_t up, const GemvFuse& fz = {}) {
+  constexpr size_t ring = size_t(8) * kTmaStages * kTmaSeg;
   static const bool attr = [] {
-    return cudaFuncSetAttribute(gemv_tma_kernel<SILU>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shm)) ==
-           cudaSuccess;
+    return cudaFuncSetAttribute(gemv_tma_kernel<SILU, NORM, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                int(ring + (NORM ? kGemvNormMaxK * 4 : 0))) == cudaSuccess;
   }();
   (void)attr;
+  const size_t shm = ring + (NORM ? size_t(K) * 4 : 0);
   const int64_t G = std::min<int64_t>(gemv_sms(), N);
   const int64_t rows = (N + G - 1) / G;  // most rows of a block
-  const int S = g_gemv_split ? g_gemv_split : rows >= kTmaMaxRowsSplit ? 1 : rows >= 16 ? 2 : rows >= 8 ? 4 : 8;
-  if (S > 1 && rows > kTmaMaxRowsSplit) {  // a forced split with more rows than the partial sums hold
-    launch(gemv_tma_kernel<SILU>, unsigned(G), 256, shm, st, y, x, w, N, K, 1, bias, btype, up);
-    return;
-  }
-  launch(gemv_tma_kernel<SILU>, unsigned(G), 256, shm, st, y, x, w, N, K, S, bias, btype, up);
+  int S = g_gemv_split ? g_gemv_split : rows >= kTmaMaxRowsSplit ? 1 : rows >= 16 ? 2 : rows >= 8 ? 4 : 8;
+  if (S > 1 && rows > kTmaMaxRowsSplit) S = 1;  // a forced split with more rows than the partial sums hold
+  launch(gemv_tma_kernel<SILU, NORM, RES>, unsigned(G), 256, shm, st, y, x, w, N, K, S, bias, btype, up, fz);
 }
 
 template <int TT, bool SILU, bool F8>
@@ -1074,8 +1149,8 @@ void gemv_vec_launch(cudaStream_t st, float* y, int64_t ldy, const float* x, int
   // (kbench gemv --graph, H200, runs 29-30; the register-held kernel stays for FP8, T > 1 and when both are off).
   if constexpr (!F8 && TT == 1) {
     if (T == 1 && g_gemv_tma && N * K * 2 * (SILU ? 2 : 1) >= g_gemv_tma_min)
-      return gemv_tma_launch<SILU>(st, y, x, w, N, K, bias, btype, up);
-    if (T == 1 && g_gemv_async) return gemv_async_launch<SILU>(st, y, x, w, N, K, bias, btype, up);
+      return gemv_tma_launch<SILU, false, false>(st, y, x, w, N, K, bias, btype, up);
+    if (T == 1 && g_gemv_async) return gemv_async_launch<SILU, false, false>(st, y, x, w, N, K, bias, btype, up);
   }
   const int64_t bytes = N * K * (F8 ? 1 : 2) * (SILU ? 2 : 1);
   const bool stream = g_gemv_stream >= 0 ? g_gemv_stream == 1 : bytes < kGemvStreamBytes;
@@ -1121,6 +1196,30 @@ void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, i
   else if (T <= 4) launch(gemv_kernel<4>, g, 256, 0, st, y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
   else launch(gemv_kernel<8>, g, 256, 0, st, y, ldy, x, ldx, w, N, K, int(T), bias, btype, vec);
   check_launch();
+}
+
+bool gemv_fused(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K, const void* bias,
+                int btype, bool silu, const void* nw, int nwtype, float eps, bool res) {
+  const bool norm = nw != nullptr;
+  if (w.type != W_BF16 || K % 8 != 0 || w.ld % 8 != 0 || !aligned16(w.w) || !aligned16(x)) return false;
+  if ((norm && K > kGemvNormMaxK) || (silu && (bias || res)) || (norm && res)) return false;
+  const int64_t rows = silu ? 2 * N : N;
+  const bool tma = g_gemv_tma && rows * K * 2 >= g_gemv_tma_min;
+  if (!tma && !g_gemv_async) return false;
+  GemvFuse fz;
+  fz.nw = nw;
+  fz.nwtype = nwtype;
+  fz.eps = eps;
+  if (tma) {
+    if (silu) gemv_tma_launch<true, true, false>(st, y, x, w, N, K, nullptr, 0, N, fz);
+    else if (norm) gemv_tma_launch<false, true, false>(st, y, x, w, N, K, bias, btype, 0, fz);
+    else gemv_tma_launch<false, false, true>(st, y, x, w, N, K, bias, btype, 0, fz);
+  } else {
+    if (silu) gemv_async_launch<true, true, false>(st, y, x, w, N, K, nullptr, 0, N, fz);
+    else if (norm) gemv_async_launch<false, true, false>(st, y, x, w, N, K, bias, btype, 0, fz);
+    else gemv_async_launch<false, false, true>(st, y, x, w, N, K, bias, btype, 0, fz);
+  }
+  return true;
 }
 
 void gemv_silu(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w,
