@@ -5,6 +5,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "backend/backend.h"
@@ -259,6 +260,19 @@ void set_gemv_tma(bool on, int64_t min_bytes = -1);
 // One-token MoE expert GEMVs of bf16 experts through per-lane cp.async rings (default on; DSFUSE_CUDA_MOE_RING=0:
 // register-held loads).
 void set_moe_ring(bool on);
+// Opts `kernel` in to `bytes` of dynamic shared memory (over the default 48 KB) on the current device, once per
+// device: the attribute belongs to the device, and tensor-parallel ranks launch the same kernels on several GPUs.
+// opted: one bit per device (devices 64+ set it on every call).
+template <typename... KArgs>
+void smem_opt_in(void (*kernel)(KArgs...), size_t bytes, std::atomic<uint64_t>& opted) {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
+  if (bit && (opted.load() & bit)) return;
+  CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(bytes)));
+  opted.fetch_or(bit);
+}
 // kernel<<<grid, block, shm, st>>>(args...) with the PDL attribute when enabled; checks the launch.
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t shm, cudaStream_t st, Args&&... args) {

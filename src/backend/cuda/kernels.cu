@@ -1102,12 +1102,10 @@ template <int S, bool SILU, bool NORM, bool RES>
 void gemv_async_launch_s(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
                          const void* bias, int btype, int64_t up, const GemvFuse& fz) {
   constexpr size_t ring = size_t(kGvAsyncBytes) * 256;  // 32 KB
-  static const bool attr = [] {  // room for xs beside the ring
-    return !NORM || cudaFuncSetAttribute(gemv_async_kernel<S, SILU, NORM, RES>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         int(ring + kGemvNormMaxK * 4)) == cudaSuccess;
-  }();
-  (void)attr;
+  if (NORM) {  // room for xs beside the ring
+    static std::atomic<uint64_t> opted{0};
+    smem_opt_in(gemv_async_kernel<S, SILU, NORM, RES>, ring + kGemvNormMaxK * 4, opted);
+  }
   const size_t shm = ring + (NORM ? size_t(K) * 4 : 0);
   launch(gemv_async_kernel<S, SILU, NORM, RES>, blocks(N, 8 / S), 256, shm, st, y, x, w, N, K, bias, btype, up, fz);
 }
@@ -1126,11 +1124,8 @@ template <bool SILU, bool NORM, bool RES>
 void gemv_tma_launch(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
                      const void* bias, int btype, int64_t up, const GemvFuse& fz = {}) {
   constexpr size_t ring = size_t(8) * kTmaStages * kTmaSeg;
-  static const bool attr = [] {
-    return cudaFuncSetAttribute(gemv_tma_kernel<SILU, NORM, RES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                int(ring + (NORM ? kGemvNormMaxK * 4 : 0))) == cudaSuccess;
-  }();
-  (void)attr;
+  static std::atomic<uint64_t> opted{0};
+  smem_opt_in(gemv_tma_kernel<SILU, NORM, RES>, ring + (NORM ? kGemvNormMaxK * 4 : 0), opted);
   const size_t shm = ring + (NORM ? size_t(K) * 4 : 0);
   const int64_t G = std::min<int64_t>(gemv_sms(), N);
   const int64_t rows = (N + G - 1) / G;  // most rows of a block

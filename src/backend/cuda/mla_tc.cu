@@ -881,16 +881,7 @@ void variant_run(const TcVariant& v, cudaStream_t st, float* out, int64_t lo0, i
   const unsigned ctiles = static_cast<unsigned>((C + kAbCols - 1) / kAbCols);
   launch(mla_tc_absorb_kernel, dim3(tchunks * ctiles * unsigned(Hi)), 256, sizeof(float) * kAbTok * Dn, st, qcat, qn,
          lqn0, lqn1, qpe, lqp0, lqp1, w, T, Hi, Dn, Dv, R, C, scale);
-  {  // opt in to the largest shared memory any supported shape needs, once per device
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
-    if (!bit || !(v.opted->load() & bit)) {
-      CUDA_CHECK(cudaFuncSetAttribute(v.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(v.smem(kTcMaxC, kTcMaxR))));
-      v.opted->fetch_or(bit);
-    }
-  }
+  smem_opt_in(v.kernel, v.smem(kTcMaxC, kTcMaxR), *v.opted);  // the largest any supported shape needs
   const int64_t G = (H + kTcHeads - 1) / kTcHeads;
   launch(v.kernel, dim3(static_cast<unsigned>(T * G * nsplit)), v.threads, v.smem(C, R), st, part,
          static_cast<const float*>(qcat), lat, ll0, kpe, lk0, Hi, R, C, m, nsplit);
