@@ -1,4 +1,5 @@
-// Decode-step graphs (CUDA graphs on the GPU) checked on the CPU: a backend wrapper with the same semantics as
+// Decode-step graphs (CUDA graphs on the GPU) checked on the CPU (and, with the same wrapper posing as a device
+// backend, the llama-family layers' folded norm / residual path): a backend wrapper with the same semantics as
 // the CUDA backend's recording -- step inputs copied once per forward into buffers at fixed addresses, ops
 // recorded instead of run while a graph is being captured, the recording replayed for later steps with the
 // same key -- must give the same logits as plain execution, token by token. This catches model code that
@@ -31,8 +32,31 @@ class GraphSemantics final : public Backend {
     tables_.reserve(kCap);
   }
   int replays = 0, recordings = 0;
+  // As a device backend (fake_device: q/k/v and gate/up get stacked, weights are copied by prepare() as a device
+  // backend copies them) that folds norms and residual adds into the projections at one token (fold: the
+  // Backend defaults compose them; folds counts the calls).
+  bool fake_device = false, fold = false;
+  int folds = 0;
+  ~GraphSemantics() override {
+    for (void* p : owned_) in_->free(p);
+  }
 
-  Device device() const override { return in_->device(); }
+  Device device() const override { return fake_device ? Device{DeviceKind::CUDA, 0} : in_->device(); }
+  bool fuses_norm_linear(int64_t T, const Linear& /*w*/) const override { return fold && T == 1; }
+  void rms_norm_linear(TensorView y, const TensorView& x, const TensorView& nw, float eps, const Linear& w,
+                       TensorView h) override {
+    ++folds;
+    Backend::rms_norm_linear(y, x, nw, eps, w, h);
+  }
+  void rms_norm_linear_silu(TensorView y, const TensorView& x, const TensorView& nw, float eps, const Linear& w,
+                            TensorView h) override {
+    ++folds;
+    Backend::rms_norm_linear_silu(y, x, nw, eps, w, h);
+  }
+  void linear_add(TensorView x, const TensorView& a, const Linear& w, TensorView tmp) override {
+    ++folds;
+    Backend::linear_add(x, a, w, tmp);
+  }
   std::string name() const override { return "graph-semantics(" + in_->name() + ")"; }
   void* alloc(size_t n) override { return in_->alloc(n); }
   void free(void* p) override {
@@ -41,8 +65,16 @@ class GraphSemantics final : public Backend {
   }
   void copy_to_device(void* d, const void* s, size_t n) override { in_->copy_to_device(d, s, n); }
   void copy_to_host(void* d, const void* s, size_t n) override { in_->copy_to_host(d, s, n); }
-  Linear prepare(const Linear& w) override { return in_->prepare(w); }
-  TensorView prepare(const TensorView& v) override { return in_->prepare(v); }
+  Linear prepare(const Linear& w) override {
+    if (!fake_device) return in_->prepare(w);
+    Linear c = w;
+    c.w = own(w.w);
+    c.scale = own(w.scale);
+    c.zero = own(w.zero);
+    c.bias = own(w.bias);
+    return c;
+  }
+  TensorView prepare(const TensorView& v) override { return fake_device ? own(v) : in_->prepare(v); }
 
   // Step inputs at fixed addresses (reserved capacity; a larger step would move them: graphs are dropped).
   void begin_step(const int32_t* ids, const int32_t* positions, int64_t T, const std::vector<SeqSegment>* segs) override {
@@ -179,7 +211,19 @@ class GraphSemantics final : public Backend {
     return &segs;
   }
 
+  TensorView own(const TensorView& v) {  // a copy this wrapper owns (the caller's host buffer may go)
+    if (v.empty()) return v;
+    EXPECT_TRUE(v.contiguous()) << "fake device: strided weight";
+    void* p = in_->alloc(v.nbytes());
+    std::memcpy(p, v.data, v.nbytes());
+    owned_.push_back(p);
+    TensorView c = v;
+    c.data = p;
+    return c;
+  }
+
   std::unique_ptr<Backend> in_;
+  std::vector<void*> owned_;
   std::vector<int32_t> ids_, pos_, tables_;
   std::vector<SeqSegment> segs_;
   const std::vector<SeqSegment>* segs_src_ = nullptr;
@@ -237,12 +281,52 @@ void check_replay(const std::filesystem::path& dir) {
   EXPECT_GE(graph_be.replays, 8);
 }
 
+// Llama-family decode with the norms and residual adds folded into the projections (as a device backend sees
+// the layers: stacked q/k/v and gate/up) matches plain CPU decoding, through recorded and replayed steps.
+void check_fold(const std::filesystem::path& dir) {
+  const ModelConfig cfg = load_config(dir);
+  Checkpoint ck(dir);
+  WeightLoader wl_a(ck, cfg), wl_b(ck, cfg);
+  auto plain_be = make_cpu_backend(1);
+  GraphSemantics fold_be(make_cpu_backend(1));
+  fold_be.fake_device = fold_be.fold = true;
+  auto plain = build(wl_a, *plain_be, cfg);
+  auto folded = build(wl_b, fold_be, cfg);
+  auto ca = plain->new_cache(64), cb = folded->new_cache(64);
+  const size_t V = static_cast<size_t>(cfg.vocab_size);
+  std::vector<float> la(V), lb(V);
+  int32_t tok = 1;
+  double worst = 0;
+  for (int64_t i = 0; i < 12; ++i) {
+    forward_sequence(*plain, &tok, 1, *ca, la.data(), false);
+    forward_sequence(*folded, &tok, 1, *cb, lb.data(), false);
+    double num = 0, den = 0;
+    for (size_t v = 0; v < V; ++v) {
+      num += (double(la[v]) - lb[v]) * (double(la[v]) - lb[v]);
+      den += double(la[v]) * la[v];
+    }
+    worst = std::max(worst, std::sqrt(num / std::max(den, 1e-30)));
+    tok = static_cast<int32_t>(std::max_element(la.data(), la.data() + V) - la.data());
+  }
+  const bool llama = cfg.architecture == "LlamaForCausalLM" || cfg.architecture == "Qwen2ForCausalLM";
+  std::printf("[fold] %-24s 12 steps, rel err %.2e, %d folded ops, %d replays\n", dir.filename().c_str(), worst,
+              fold_be.folds, fold_be.replays);
+  EXPECT_LT(worst, 1e-5) << dir;
+  if (llama) EXPECT_GT(fold_be.folds, 0) << dir << ": the llama layers did not take the folded path";
+  EXPECT_GE(fold_be.replays, 8);
+}
+
 TEST(DecodeGraphs, ReplayEqualsPlainDefaultModel) { check_replay(default_model_dir()); }
+TEST(DecodeGraphs, FoldedNormsEqualPlainDefaultModel) { check_fold(default_model_dir()); }
 
 class DecodeGraphFixtures : public ::testing::TestWithParam<std::string> {};
 TEST_P(DecodeGraphFixtures, ReplayEqualsPlain) {
   DSFUSE_REQUIRE_FIXTURE(dir, "models/" + GetParam());
   check_replay(dir);
+}
+TEST_P(DecodeGraphFixtures, FoldedNormsEqualPlain) {
+  DSFUSE_REQUIRE_FIXTURE(dir, "models/" + GetParam());
+  check_fold(dir);
 }
 INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeGraphFixtures, DSFUSE_FIXTURE_MODELS);
 
