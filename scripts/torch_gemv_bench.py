@@ -4,7 +4,6 @@
 import torch, sys
 shapes = [s.split('x') for s in sys.argv[1:]] or []
 torch.manual_seed(0)
-x = None
 # probe: a large device copy
 a = torch.empty(1 << 30, dtype=torch.uint8, device='cuda'); b = torch.empty_like(a)
 for _ in range(3): b.copy_(a)

@@ -239,28 +239,49 @@ std::unique_ptr<CausalLM> build(WeightLoader& wl, Backend& be, const ModelConfig
   return model_registry().at(cfg.architecture)(cfg, wl, be);
 }
 
+// A checkpoint's model built twice: on a plain CPU backend and on `be` (a GraphSemantics wrapper).
+struct SideBySide {
+  ModelConfig cfg;
+  Checkpoint ck;
+  WeightLoader wl_a, wl_b;
+  std::unique_ptr<Backend> plain_be = make_cpu_backend(1);
+  std::unique_ptr<CausalLM> plain, other;
+  SideBySide(const std::filesystem::path& dir, Backend& be)
+      : cfg(load_config(dir)), ck(dir), wl_a(ck, cfg), wl_b(ck, cfg) {
+    plain = build(wl_a, *plain_be, cfg);
+    other = build(wl_b, be, cfg);
+  }
+  // n tokens decoded one at a time by both (each next token the plain model's greedy choice); step(i, la, lb)
+  // compares the two logit rows of step i.
+  using Step = std::function<void(int64_t, const std::vector<float>&, const std::vector<float>&)>;
+  void decode(int64_t n, const Step& step) {
+    auto ca = plain->new_cache(64), cb = other->new_cache(64);
+    const size_t V = static_cast<size_t>(cfg.vocab_size);
+    std::vector<float> la(V), lb(V);
+    int32_t tok = 1;
+    for (int64_t i = 0; i < n; ++i) {
+      forward_sequence(*plain, &tok, 1, *ca, la.data(), false);
+      forward_sequence(*other, &tok, 1, *cb, lb.data(), false);
+      step(i, la, lb);
+      tok = static_cast<int32_t>(std::max_element(la.begin(), la.end()) - la.begin());
+    }
+  }
+};
+
 // Token-by-token decoding with recorded/replayed steps equals plain decoding (same CPU kernels: bit-exact).
 void check_replay(const std::filesystem::path& dir) {
-  const ModelConfig cfg = load_config(dir);
-  Checkpoint ck(dir);
-  WeightLoader wl_a(ck, cfg), wl_b(ck, cfg);
-  auto plain_be = make_cpu_backend(1);
   GraphSemantics graph_be(make_cpu_backend(1));
-  auto plain = build(wl_a, *plain_be, cfg);
-  auto graphed = build(wl_b, graph_be, cfg);
+  SideBySide m(dir, graph_be);
   const int64_t n = 12;
-  auto ca = plain->new_cache(64), cb = graphed->new_cache(64);
-  const size_t V = static_cast<size_t>(cfg.vocab_size);
-  std::vector<float> la(V), lb(V);
-  int32_t tok = 1;
-  for (int64_t i = 0; i < n; ++i) {
-    forward_sequence(*plain, &tok, 1, *ca, la.data(), false);
-    forward_sequence(*graphed, &tok, 1, *cb, lb.data(), false);
-    ASSERT_EQ(0, std::memcmp(la.data(), lb.data(), V * sizeof(float))) << dir << ": step " << i << " differs";
-    tok = static_cast<int32_t>(std::max_element(la.data(), la.data() + V) - la.data());
-  }
+  bool equal = true;
+  m.decode(n, [&](int64_t i, const std::vector<float>& la, const std::vector<float>& lb) {
+    if (!equal) return;
+    equal = std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)) == 0;
+    EXPECT_TRUE(equal) << dir << ": step " << i << " differs";
+  });
+  ASSERT_TRUE(equal);
   // Greedy through the engine's device path (forward_batch_greedy) on a fresh pool as well.
-  auto cc = graphed->new_cache(64);
+  auto cc = m.other->new_cache(64);
   Batch b;
   std::vector<int32_t> ids = {3}, pos = {0};
   std::vector<int64_t> rows = {0};
@@ -270,7 +291,7 @@ void check_replay(const std::filesystem::path& dir) {
     b.positions = pos.data();
     b.T = 1;
     b.segs = {SeqSegment{0, 1, pos[0], PagedRows{}}};
-    graphed->forward_batch_greedy(b, *cc, rows, &next);
+    m.other->forward_batch_greedy(b, *cc, rows, &next);
     cc->set_length(pos[0] + 1);
     ASSERT_GE(next, 0);
     ids[0] = next;
@@ -284,31 +305,19 @@ void check_replay(const std::filesystem::path& dir) {
 // Llama-family decode with the norms and residual adds folded into the projections (as a device backend sees
 // the layers: stacked q/k/v and gate/up) matches plain CPU decoding, through recorded and replayed steps.
 void check_fold(const std::filesystem::path& dir) {
-  const ModelConfig cfg = load_config(dir);
-  Checkpoint ck(dir);
-  WeightLoader wl_a(ck, cfg), wl_b(ck, cfg);
-  auto plain_be = make_cpu_backend(1);
   GraphSemantics fold_be(make_cpu_backend(1));
   fold_be.fake_device = fold_be.fold = true;
-  auto plain = build(wl_a, *plain_be, cfg);
-  auto folded = build(wl_b, fold_be, cfg);
-  auto ca = plain->new_cache(64), cb = folded->new_cache(64);
-  const size_t V = static_cast<size_t>(cfg.vocab_size);
-  std::vector<float> la(V), lb(V);
-  int32_t tok = 1;
+  SideBySide m(dir, fold_be);
   double worst = 0;
-  for (int64_t i = 0; i < 12; ++i) {
-    forward_sequence(*plain, &tok, 1, *ca, la.data(), false);
-    forward_sequence(*folded, &tok, 1, *cb, lb.data(), false);
+  m.decode(12, [&](int64_t, const std::vector<float>& la, const std::vector<float>& lb) {
     double num = 0, den = 0;
-    for (size_t v = 0; v < V; ++v) {
+    for (size_t v = 0; v < la.size(); ++v) {
       num += (double(la[v]) - lb[v]) * (double(la[v]) - lb[v]);
       den += double(la[v]) * la[v];
     }
     worst = std::max(worst, std::sqrt(num / std::max(den, 1e-30)));
-    tok = static_cast<int32_t>(std::max_element(la.data(), la.data() + V) - la.data());
-  }
-  const bool llama = cfg.architecture == "LlamaForCausalLM" || cfg.architecture == "Qwen2ForCausalLM";
+  });
+  const bool llama = m.cfg.architecture == "LlamaForCausalLM" || m.cfg.architecture == "Qwen2ForCausalLM";
   std::printf("[fold] %-24s 12 steps, rel err %.2e, %d folded ops, %d replays\n", dir.filename().c_str(), worst,
               fold_be.folds, fold_be.replays);
   EXPECT_LT(worst, 1e-5) << dir;

@@ -66,6 +66,20 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// Sum of v over the block, returned to every thread (blockDim.x a multiple of 32, at most 1024).
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float red[32];
+  v = warp_sum(v);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float s = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
+    s = warp_sum(s);
+    if (threadIdx.x == 0) red[0] = s;
+  }
+  __syncthreads();
+  return red[0];
+}
 
 // Split K over the S warps of a row (warps w .. w + S - 1 of 8, slice ks = warp % S): their warp sums a[t] (and
 // b[t] with SILU) are added through red ([8][TT], or [8][2 TT] with SILU) in slice order 0 .. S - 1; slice 0 gets
@@ -155,6 +169,53 @@ __device__ __forceinline__ void gemv_chunk_fma(const float* x, int64_t ldx, int 
     ag[t] = s;
     au[t] = r;
   }
+}
+
+// One token's dot products of a lane streamed through its own cp.async ring (the one-token GEMV and MoE expert
+// kernels): `ring` is this lane's slot 0 of a [NS][R][256] array of 16-byte slots in shared memory (R = 2 with
+// SILU: gate row wa and up row wb, both already offset to the lane's first chunk), chunk c at wa + c step, nc
+// chunks. ring_fill issues the first NS (one commit group each, empty past nc; constant weights, so it may run
+// before pdl_wait); ring_dot consumes all nc, refilling each slot with chunk c + NS as soon as it is read, adds
+// the products with x (chunk c at 16-byte column i0 + c step) to *a1 (*a2: the up row), and returns with every
+// copy complete, so the ring can be reused.
+constexpr int kRingBytes = 128;  // per lane in flight
+template <bool SILU>
+__device__ __forceinline__ void ring_fill(uint4* ring, const uint4* wa, const uint4* wb, int64_t nc, int64_t step) {
+  constexpr int R = SILU ? 2 : 1, NS = kRingBytes / 16 / R;
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {
+    if (s < nc) {
+      cp_async16(ring + s * R * 256, wa + s * step, true);
+      if (SILU) cp_async16(ring + (s * R + 1) * 256, wb + s * step, true);
+    }
+    cp_async_commit();
+  }
+}
+template <bool SILU>
+__device__ __forceinline__ void ring_dot(uint4* ring, const uint4* wa, const uint4* wb, int64_t nc, int64_t step,
+                                         const float* x, int64_t i0, float* a1, float* a2) {
+  constexpr int R = SILU ? 2 : 1, NS = kRingBytes / 16 / R;
+  float s1 = *a1, s2 = *a2;
+  int s = 0;
+  for (int64_t c = 0; c < nc; ++c) {
+    cp_async_wait<NS - 1>();  // group c (chunk c) has landed: NS + c groups committed so far
+    const uint4 va = ring[s * R * 256];
+    uint4 vb = va;
+    if (SILU) vb = ring[(s * R + 1) * 256];
+    float f[8], g[8];
+    bf16x8_to_f32(va, f);
+    if (SILU) bf16x8_to_f32(vb, g);
+    if (c + NS < nc) {  // refill the slot just read (this lane's own) with chunk c + NS
+      cp_async16(ring + s * R * 256, wa + (c + NS) * step, true);
+      if (SILU) cp_async16(ring + (s * R + 1) * 256, wb + (c + NS) * step, true);
+    }
+    cp_async_commit();
+    gemv_chunk_fma<1, SILU, 8>(x, 0, 1, i0 + c * step, f, g, &s1, &s2);
+    s = s + 1 == NS ? 0 : s + 1;
+  }
+  cp_async_wait<0>();
+  *a1 = s1;
+  *a2 = s2;
 }
 
 // acc[t] += sum_k W[row, k] * xr[t][k] for t < nt (lane-partial sums; the caller reduces the warp).

@@ -74,21 +74,6 @@ __global__ void add_bias_kernel(float* y, int64_t ldy, int64_t T, int64_t N, con
   y[(i / N) * ldy + i % N] += vload(b, btype, i % N);
 }
 
-// Sum of v over the block, returned to every thread (blockDim.x a multiple of 32, at most 1024).
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float red[32];
-  v = warp_sum(v);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float s = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.0f;
-    s = warp_sum(s);
-    if (threadIdx.x == 0) red[0] = s;
-  }
-  __syncthreads();
-  return red[0];
-}
-
 __global__ void rms_norm_kernel(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t D, const void* w, int wtype,
                                 float eps) {
   pdl_entry();

@@ -188,10 +188,10 @@ struct GemvFuse {
   int nwtype = 0;
   float eps = 0.0f;
 };
-// xs[k] = x[k] * nw[k] for k < K; returns 1 / rms(x) (every thread of the block; two barriers). K % 4 == 0; the
-// loads go out 4 float4 (and their 16 norm weights) at a time, so a row of up to 4096 costs one memory round trip.
-__device__ __forceinline__ float gemv_norm_prologue(const float* x, int64_t K, const GemvFuse& fz, float* xs,
-                                                   float* red8) {
+// xs[k] = x[k] * nw[k] for k < K; returns 1 / rms(x) (every thread of the block; block_sum's barriers also make
+// xs visible). K % 4 == 0; the loads go out 4 float4 (and their 16 norm weights) at a time, so a row of up to
+// 4096 costs one memory round trip.
+__device__ __forceinline__ float gemv_norm_prologue(const float* x, int64_t K, const GemvFuse& fz, float* xs) {
   const float4* x4 = reinterpret_cast<const float4*>(x);
   float4* xs4 = reinterpret_cast<float4*>(xs);
   const int64_t K4 = K / 4, step = blockDim.x;
@@ -217,29 +217,22 @@ __device__ __forceinline__ float gemv_norm_prologue(const float* x, int64_t K, c
       xs4[i] = make_float4(v[j].x * g[4 * j], v[j].y * g[4 * j + 1], v[j].z * g[4 * j + 2], v[j].w * g[4 * j + 3]);
     }
   }
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) red8[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float t = 0.0f;
-  for (int i = 0; i < int(blockDim.x / 32); ++i) t += red8[i];
-  __syncthreads();  // red8 may be reused
-  return 1.0f / sqrtf(t / float(K) + fz.eps);  // as the norm kernels
+  return 1.0f / sqrtf(block_sum(ss) / float(K) + fz.eps);  // as the norm kernels
 }
 
 // The one-token GEMV for bf16 weights under the TMA kernel's size (g_gemv_tma_min) over a cp.async ring: each
-// lane streams its 16-byte chunks of the row through kGvAsyncBytes / 16 slots of shared memory that it alone
+// lane streams its 16-byte chunks of the row through kRingBytes / 16 slots of shared memory that it alone
 // writes and reads (no barriers), so the loads in flight are not held in registers: 32 registers instead of the
 // register-held kernel's 83 (2 blocks per SM there, ncu). cp.async.cg caches in L2 only, so the activations keep
 // L1 to themselves. kbench gemv --graph on an H200 (runs 28, 30): 1536x1536 4.24 -> 2.78 us, 576x2048 2.82 ->
 // 1.92, 3072x2048 7.25 -> 5.16, 1536x8960 15.2 -> 11.2 (2048x1536 4.58 -> 4.72: the one shape measured slower).
-constexpr int kGvAsyncBytes = 128;  // per lane in flight
 template <int S, bool SILU, bool NORM, bool RES>
 __global__ void __launch_bounds__(256) gemv_async_kernel(float* y, const float* x, WDesc w, int64_t N, int64_t K,
                                                          const void* bias, int btype, int64_t up, GemvFuse fz) {
   constexpr int R = SILU ? 2 : 1;              // weight rows streamed per lane (gate and up)
-  constexpr int NS = kGvAsyncBytes / 16 / R;   // ring slots per lane
-  extern __shared__ uint4 gv_ring[];           // [NS][R][256]: slot s of row r of lane l at (s R + r) 256 + l
-  __shared__ float red[8][SILU ? 2 : 1];       // (NORM: then xs [K] after the ring)
+  constexpr int NS = kRingBytes / 16 / R;      // ring slots per lane
+  extern __shared__ uint4 gv_ring[];           // [NS][R][256]: ring_fill / ring_dot (NORM: then xs [K])
+  __shared__ float red[8][SILU ? 2 : 1];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t n = int64_t(blockIdx.x) * (8 / S) + warp / S;
   const int ks = warp % S;
@@ -250,40 +243,18 @@ __global__ void __launch_bounds__(256) gemv_async_kernel(float* y, const float* 
   const uint4* wg = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + ng * w.ld) + i0;
   const uint4* wu = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w.w) + nu * w.ld) + i0;
   uint4* ring = gv_ring + tid;
-#pragma unroll
-  for (int s = 0; s < NS; ++s) {  // the first NS chunks (one commit group each, empty past the row's end)
-    if (s < nc) {
-      cp_async16(ring + s * R * 256, wg + s * step, true);
-      if (SILU) cp_async16(ring + (s * R + 1) * 256, wu + s * step, true);
-    }
-    cp_async_commit();
-  }
+  ring_fill<SILU>(ring, wg, wu, nc, step);
   pdl_entry();
   const float yres = RES && live && ks == 0 && lane == 0 ? y[n] : 0.0f;  // loaded now, used at the end
   float rs = 1.0f;
   const float* xin = x;
   if (NORM) {
     float* xs = reinterpret_cast<float*>(gv_ring + NS * R * 256);
-    rs = gemv_norm_prologue(x, K, fz, xs, &red[0][0]);
+    rs = gemv_norm_prologue(x, K, fz, xs);
     xin = xs;
   }
   float ag = 0.0f, au = 0.0f;
-  int s = 0;
-  for (int64_t c = 0; c < nc; ++c) {
-    cp_async_wait<NS - 1>();  // group c (chunk c) has landed: NS + c groups committed so far
-    const uint4 a = ring[s * R * 256];
-    uint4 b = a;
-    if (SILU) b = ring[(s * R + 1) * 256];
-    float f[8], g[8];
-    gemv_chunk_to_f32<SILU, false>(a, b, 0.0f, 0.0f, f, g);
-    if (c + NS < nc) {  // refill the slot just read (this lane's own) with chunk c + NS
-      cp_async16(ring + s * R * 256, wg + (c + NS) * step, true);
-      if (SILU) cp_async16(ring + (s * R + 1) * 256, wu + (c + NS) * step, true);
-    }
-    cp_async_commit();
-    gemv_chunk_fma<1, SILU, 8>(xin, 0, 1, i0 + c * step, f, g, &ag, &au);
-    s = s + 1 == NS ? 0 : s + 1;
-  }
+  ring_dot<SILU>(ring, wg, wu, nc, step, xin, i0, &ag, &au);
   ag = warp_sum(ag);
   if (SILU) au = warp_sum(au);
   if (S > 1) {
@@ -357,7 +328,6 @@ __global__ void __launch_bounds__(256, 1) gemv_tma_kernel(float* y, const float*
   extern __shared__ __align__(128) unsigned char tma_ring[];  // [8 warps][kTmaStages][kTmaSeg] (NORM: then xs [K])
   __shared__ __align__(8) uint64_t bar[8][kTmaStages];
   __shared__ float part[kTmaMaxRowsSplit][8][SILU ? 2 : 1];
-  __shared__ float nred[8];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t r0 = N * blockIdx.x / gridDim.x, r1 = N * (blockIdx.x + 1) / gridDim.x;
   const int groups = 8 / S, g = warp / S, ks = warp % S;
@@ -394,7 +364,7 @@ __global__ void __launch_bounds__(256, 1) gemv_tma_kernel(float* y, const float*
   const float* xin = x;
   if (NORM) {
     float* xs = reinterpret_cast<float*>(tma_ring + size_t(8) * kTmaStages * kTmaSeg);
-    rs = gemv_norm_prologue(x, K, fz, xs, nred);
+    rs = gemv_norm_prologue(x, K, fz, xs);
     xin = xs;
   }
   int slot = 0;
@@ -1101,7 +1071,7 @@ constexpr int64_t kGemvNormMaxK = 12288;
 template <int S, bool SILU, bool NORM, bool RES>
 void gemv_async_launch_s(cudaStream_t st, float* y, const float* x, const WDesc& w, int64_t N, int64_t K,
                          const void* bias, int btype, int64_t up, const GemvFuse& fz) {
-  constexpr size_t ring = size_t(kGvAsyncBytes) * 256;  // 32 KB
+  constexpr size_t ring = size_t(kRingBytes) * 256;  // 32 KB
   if (NORM) {  // room for xs beside the ring
     static std::atomic<uint64_t> opted{0};
     smem_opt_in(gemv_async_kernel<S, SILU, NORM, RES>, ring + kGemvNormMaxK * 4, opted);

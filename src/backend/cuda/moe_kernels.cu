@@ -238,50 +238,20 @@ __device__ __forceinline__ void moe_vec_dot(const WDesc& w1, const WDesc& w2, in
   }
 }
 
-// The same dot for one pair (T = 1, bf16, vec_ok) through a per-lane cp.async ring of kMoeRingBytes / 16 slots in
-// dynamic shared memory (the dense decode GEMV's gemv_async_kernel: loads in flight without registers holding
-// them). Returns with every copy it issued complete, so the ring can be reused by the next pass.
-constexpr int kMoeRingBytes = 128;
+// The same dot for one pair (T = 1, bf16, vec_ok) through this lane's cp.async ring of kRingBytes / 16 slots in
+// dynamic shared memory (ring_fill / ring_dot, as the dense one-token GEMV: loads in flight without registers
+// holding them). Returns with every copy complete, so the next pass can reuse the ring.
 template <int S, bool SILU>
 __device__ __forceinline__ void moe_ring_dot(const WDesc& w1, const WDesc& w2, int64_t n, int64_t Kd,
                                              const float* xrow, int ks, int lane, float* a1, float* a2) {
-  constexpr int R = SILU ? 2 : 1;
-  constexpr int NS = kMoeRingBytes / 16 / R;
   extern __shared__ uint4 moe_ring[];  // [NS][R][256]
   const int64_t K8 = Kd / 8, step = 32 * S, i0 = ks * 32 + lane;
   const int64_t nc = i0 < K8 ? (K8 - i0 + step - 1) / step : 0;
   const uint4* wa = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w1.w) + n * w1.ld) + i0;
   const uint4* wb = reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w2.w) + n * w2.ld) + i0;
   uint4* ring = moe_ring + threadIdx.x;
-#pragma unroll
-  for (int s = 0; s < NS; ++s) {
-    if (s < nc) {
-      cp_async16(ring + s * R * 256, wa + s * step, true);
-      if (SILU) cp_async16(ring + (s * R + 1) * 256, wb + s * step, true);
-    }
-    cp_async_commit();
-  }
-  float s1 = *a1, s2 = *a2;
-  int s = 0;
-  for (int64_t c = 0; c < nc; ++c) {
-    cp_async_wait<NS - 1>();
-    const uint4 va = ring[s * R * 256];
-    uint4 vb = va;
-    if (SILU) vb = ring[(s * R + 1) * 256];
-    float f[8], g[8];
-    bf16x8_to_f32(va, f);
-    if (SILU) bf16x8_to_f32(vb, g);
-    if (c + NS < nc) {
-      cp_async16(ring + s * R * 256, wa + (c + NS) * step, true);
-      if (SILU) cp_async16(ring + (s * R + 1) * 256, wb + (c + NS) * step, true);
-    }
-    cp_async_commit();
-    gemv_chunk_fma<1, SILU, 8>(xrow, 0, 1, i0 + c * step, f, g, &s1, &s2);
-    s = s + 1 == NS ? 0 : s + 1;
-  }
-  cp_async_wait<0>();
-  *a1 = s1;
-  *a2 = s2;
+  ring_fill<SILU>(ring, wa, wb, nc, step);
+  ring_dot<SILU>(ring, wa, wb, nc, step, xrow, i0, a1, a2);
 }
 
 // Grouped expert GEMV over the pairs routed to each active expert; grid (min(E, T K), ceil(N / (8 / S))), 256
@@ -453,7 +423,7 @@ void moe_expert_launch(cudaStream_t st, unsigned na, int S, float* y, int64_t ld
                        int E, int64_t T, int K, int64_t N, int64_t Kd) {
   // One token: the bf16 experts' rows stream through each lane's cp.async ring (32 KB of dynamic shared memory).
   if (TT == 1 && g_moe_ring) {
-    constexpr size_t shm = size_t(kMoeRingBytes) * 256;
+    constexpr size_t shm = size_t(kRingBytes) * 256;
     switch (S) {
       case 1:
         launch(moe_expert_kernel<1, 1, SILU, true>, dim3(na, blocks(N, 8)), 256, shm, st, y, ldy, x, ldx, experts,
