@@ -589,6 +589,55 @@ TEST_P(BackendOps, SampleRows) {
   EXPECT_LE(differ, 1);
 }
 
+// Head dim 128 with 2-8 query heads per kv head in steps of many tokens: the CUDA backend's tensor-core (TF32)
+// kernel. A mixed step (decode tokens at many context lengths and a prefill chunk; one key split) and a decode
+// step of 8 long sequences (key splits merged by the last block), over a paged pool with tables out of order.
+TEST_P(BackendOps, GqaHeadDim128Batches) {
+  const int bs = 16;
+  const int64_t D = 128;
+  struct Case {
+    const char* name;
+    int64_t Hq, Hkv;
+    std::vector<std::pair<int64_t, int64_t>> segs;  // (new tokens, cached before them)
+  };
+  std::vector<Case> cases = {{"gqa128 mixed step group 7", 28, 4, {}}, {"gqa128 long decode group 4", 32, 8, {}}};
+  for (int i = 0; i < 56; ++i) cases[0].segs.push_back({1, (i * 37) % 300});
+  cases[0].segs.push_back({8, 0});
+  cases[0].segs.push_back({16, 100});
+  for (int i = 0; i < 8; ++i) cases[1].segs.push_back({1, 700 + 45 * i});
+  uint32_t seed = 40;
+  for (const Case& cs : cases) {
+    std::vector<std::vector<int32_t>> tables;
+    std::vector<SeqSegment> segs;
+    int64_t T = 0, nblocks = 0;
+    for (auto [n, past] : cs.segs) {
+      const int64_t nb = (past + n + bs - 1) / bs;
+      tables.emplace_back();
+      for (int64_t b = 0; b < nb; ++b) tables.back().push_back(static_cast<int32_t>(nblocks + b));
+      nblocks += nb;
+      T += n;
+    }
+    // Blocks out of order: reverse the physical numbering.
+    for (auto& t : tables)
+      for (auto& b : t) b = static_cast<int32_t>(nblocks - 1 - b);
+    T = 0;
+    for (size_t i = 0; i < cs.segs.size(); ++i) {
+      segs.push_back({T, cs.segs[i].first, cs.segs[i].second, PagedRows{tables[i].data(), bs}});
+      T += cs.segs[i].first;
+    }
+    const int64_t rows = nblocks * bs;
+    auto q = randn(T * cs.Hq * D, seed++), kp = randn(rows * cs.Hkv * D, seed++), vp = randn(rows * cs.Hkv * D, seed++);
+    std::vector<float> a(T * cs.Hq * D), b(T * cs.Hq * D);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+    TensorView qv(q.data(), DType::F32, {T, cs.Hq, D});
+    TensorView kv(kp.data(), DType::F32, {rows, cs.Hkv, D}), vv(vp.data(), DType::F32, {rows, cs.Hkv, D});
+    be->attention_segs(TensorView(a.data(), DType::F32, {T, cs.Hq, D}), qv, kv, vv, scale, segs);
+    ref->attention_segs(TensorView(b.data(), DType::F32, {T, cs.Hq, D}), qv, kv, vv, scale, segs);
+    // TF32 products on the GPU (bf16 mode): ~1e-3 relative.
+    check(cs.name, a, b, cuda_bf16_mode(GetParam()) ? 3e-3 : 1e-5);
+  }
+}
+
 // Several sequences in one call over a paged pool: prefill chunks and decode tokens mixed, tables out of order.
 TEST_P(BackendOps, SegmentedAttentionOverPagedPool) {
   const int bs = 4;

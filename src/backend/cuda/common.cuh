@@ -109,8 +109,12 @@ __device__ __forceinline__ void splitk_sum(float (*red)[SILU ? 2 * TT : TT], int
   }
 }
 
+// Cache row of key position s (32-bit division: positions < 2^31, the segment fields are int32; a 64-bit one is
+// a long instruction sequence per key).
 __device__ __forceinline__ int64_t phys_row(const int32_t* table, int bs, int64_t s) {
-  return table ? int64_t(table[s / bs]) * bs + s % bs : s;
+  if (!table) return s;
+  const unsigned su = static_cast<unsigned>(s), ub = static_cast<unsigned>(bs);
+  return int64_t(table[su / ub]) * bs + (su % ub);
 }
 
 // ---- dot products of one weight row with up to TT activation rows, one warp per row ----
@@ -361,6 +365,35 @@ struct SegMeta {
   const int32_t* tables = nullptr;   // block tables, concatenated
   int block_size = 0;
 };
+// Token t's keys: S (cached + new up to and including t) and its block table (nullptr: contiguous rows).
+__device__ __forceinline__ void seg_of(const SegMeta& m, int64_t t, int64_t& S, const int32_t*& table) {
+  const int32_t* sg = m.seg + 4 * m.tok_seg[t];
+  S = int64_t(sg[2]) + (t - sg[0]) + 1;  // past + index in the segment + 1
+  table = sg[3] >= 0 ? m.tables + sg[3] : nullptr;
+}
+
+// d += A B, mma.sync m16n8k8 with tf32 inputs and f32 accumulators. Fragments (PTX ISA "Matrix Fragments for
+// mma.m16n8k8", .tf32), g = lane >> 2, c = lane & 3:
+//   A (16 x 8, row): a0 = A[g][c]  a1 = A[g + 8][c]  a2 = A[g][c + 4]  a3 = A[g + 8][c + 4]
+//   B (8 x 8, col):  b0 = B[k = c][n = g]            b1 = B[k = c + 4][n = g]
+//   C/D (16 x 8):    c0 = D[g][2c]  c1 = D[g][2c + 1]  c2 = D[g + 8][2c]  c3 = D[g + 8][2c + 1]
+// f32 bits passed as tf32 are truncated to 10 mantissa bits by the tensor core; to_tf32 rounds to nearest.
+__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+// SMs of the current process's GPU type (kernels.cu).
+int gemv_sms();
 
 // y [T, N] = x [T, K] W^T (+ b); T <= 8. bf16 weights with 16-byte aligned rows take a vectorised path.
 void gemv(cudaStream_t st, float* y, int64_t ldy, const float* x, int64_t ldx, int64_t T, const WDesc& w, int64_t N,
@@ -384,6 +417,10 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
                     const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
                     int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part,
                     int64_t target_blocks, int max_split, int* counters);
+// GQA steps with more query heads than SMs, head dim 128 and 2-8 heads per kv head run on tensor cores (TF32:
+// K and V truncated, Q and P rounded; ~1e-3 relative) unless set_attn_tc(false) (the exact-f32 mode, or
+// DSFUSE_CUDA_ATTN_TC=0).
+void set_attn_tc(bool on);
 // target_blocks: the key splits aim at this many blocks in all (the backend: blocks per SM x SMs).
 // counters: kAttnCounters zeroed ints owned by the caller (left zeroed after each launch), or nullptr: with
 // them the key splits are merged by the last block of each group instead of a second kernel.

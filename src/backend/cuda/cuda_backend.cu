@@ -371,7 +371,11 @@ class CudaBackend final : public Backend {
       const char* gm = std::getenv("DSFUSE_CUDA_GEMV_TMA_MIN_MB");
       cuda::set_gemv_tma(cc >= 9 && !(gk && std::string(gk) == "0"), gm && *gm ? std::atoll(gm) << 20 : -1);
     }
-    if (const char* fn = std::getenv("DSFUSE_CUDA_FUSE_NORM"); fn && *fn) fuse_norm_ = std::string(fn) == "1";
+    {  // tensor-core GQA attention (attention.cu): sm_80+, not in the exact-f32 mode
+      const char* at = std::getenv("DSFUSE_CUDA_ATTN_TC");
+      cuda::set_attn_tc(cc >= 8 && !f32_ && !(at && std::string(at) == "0"));
+    }
+    if (const char* fn = std::getenv("DSFUSE_CUDA_FUSE_NORM"); fn && *fn) fuse_norm_ = std::string(fn) == "1" ? 1 : 0;
     if (const char* sb = std::getenv("DSFUSE_CUDA_SMALL_BATCH_BLAS"); sb && std::string(sb) == "0")
       small_batch_blas_ = false;
     if (const char* mr = std::getenv("DSFUSE_CUDA_MOE_RING"); mr && std::string(mr) == "0") cuda::set_moe_ring(false);
@@ -580,12 +584,16 @@ class CudaBackend final : public Backend {
   }
 
   // One-token steps over bf16 weights may fold the norm into the next GEMV and the residual add into the previous
-  // one's output (cuda::gemv_fused: the TMA and cp.async-ring kernels); other shapes compose the ops. Off by
-  // default: measured 0.95-0.98x on 8-layer decode (run 34, H200), with every block's norm prologue walking x
-  // one load at a time; reworked after that run (loads batched, residual read early), not measured since.
-  // DSFUSE_CUDA_FUSE_NORM=1 turns it on. The ops themselves always fuse when called (the op tests cover them).
+  // one's output (cuda::gemv_fused: the TMA and cp.async-ring kernels); other shapes compose the ops. By default
+  // only for models whose fused q/k/v weight is under kFuseNormMaxBytes: measured on 8-layer decode (H200, run 35,
+  // 3 interleaved rounds) R1-Distill-Qwen-1.5B 1.042x (qkv 6.3 MB), Qwen-7B 0.987x (33 MB), LLM-7B 0.997x (100 MB):
+  // the two kernels saved per layer matter where layers are short; on 7B layers the norm prologue of every block
+  // costs about what they save. DSFUSE_CUDA_FUSE_NORM=1 / =0 forces it on / off. The ops themselves always fuse
+  // when called (the op tests cover them).
+  static constexpr int64_t kFuseNormMaxBytes = int64_t(16) << 20;
   bool fuses_norm_linear(int64_t T, const Linear& w) const override {
-    return T == 1 && fuse_norm_ && !f32_ && w.w.dtype == DType::BF16;
+    if (T != 1 || f32_ || w.w.dtype != DType::BF16 || fuse_norm_ == 0) return false;
+    return fuse_norm_ == 1 || static_cast<int64_t>(w.bytes()) < kFuseNormMaxBytes;
   }
   void rms_norm_linear(TensorView y, const TensorView& x, const TensorView& nw, float eps, const Linear& w,
                        TensorView h) override {
@@ -1349,7 +1357,7 @@ class CudaBackend final : public Backend {
   int64_t split_max_T_ = 256;
   // Steps of up to this many tokens take the decode GEMV, longer ones cuBLAS (DSFUSE_CUDA_GEMV_MAX_T, 0..8).
   int64_t gemv_max_T_ = kGemvMaxT;
-  bool fuse_norm_ = false;  // fuses_norm_linear (DSFUSE_CUDA_FUSE_NORM=1: on)
+  int fuse_norm_ = -1;  // fuses_norm_linear: -1 by weight size, 0 off, 1 on (DSFUSE_CUDA_FUSE_NORM)
   bool small_batch_blas_ = true;  // small_batch_to_blas (DSFUSE_CUDA_SMALL_BATCH_BLAS=0: the GEMV up to 8 tokens)
   // moe_experts: steps with more (token, expert) pairs than this take the GEMM path (DSFUSE_CUDA_MOE_GEMM_PAIRS).
   int64_t moe_gemm_pairs_ = 8192;

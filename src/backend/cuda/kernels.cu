@@ -1,6 +1,6 @@
-// CUDA kernels of the fast paths: vectorised decode GEMV, batched (all-segment) attention and cache writes,
+// CUDA kernels of the fast paths: vectorised decode GEMV, cache writes over the step's segments,
 // the FP32 MLA kernels (exact mode and fallback; the tensor-core one is mla_tc.cu), argmax and the HBM read
-// probe (MoE: moe_kernels.cu). Launchers are declared in common.cuh; cuda_backend.cu decides when each is used.
+// probe (MoE: moe_kernels.cu; GQA attention: attention.cu). Launchers are declared in common.cuh; cuda_backend.cu decides when each is used.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -426,12 +426,6 @@ __global__ void combine_halves_kernel(float* y, int64_t ldy, const float* y2, in
 
 // ---- batched attention over the step's segments ----
 
-__device__ __forceinline__ void seg_of(const SegMeta& m, int64_t t, int64_t& S, const int32_t*& table) {
-  const int32_t* sg = m.seg + 4 * m.tok_seg[t];
-  S = int64_t(sg[2]) + (t - sg[0]) + 1;  // past + index in the segment + 1
-  table = sg[3] >= 0 ? m.tables + sg[3] : nullptr;
-}
-
 __global__ void copy_rows_segs_kernel(float* dst, int64_t ldd, const float* src, int64_t lds, int64_t T, int64_t D,
                                       SegMeta m) {
   pdl_entry();
@@ -439,274 +433,6 @@ __global__ void copy_rows_segs_kernel(float* dst, int64_t ldd, const float* src,
   if (i >= T * D) return;
   const int64_t t = i / D, d = i % D;
   dst[int64_t(m.slot[t]) * ldd + d] = src[t * lds + d];
-}
-
-constexpr int kAttnPer = 8;  // D, Dv <= 256
-__global__ void attention_segs_kernel(float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
-                                      const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0,
-                                      int64_t lv1, int64_t T, int64_t Hq, int64_t group, int D, int Dv, float scale,
-                                      SegMeta m) {
-  pdl_entry();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t id = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
-  if (id >= T * Hq) return;
-  const int64_t t = id / Hq, h = id % Hq, kh = h / group;
-  int64_t S;
-  const int32_t* table;
-  seg_of(m, t, S, table);
-  const int bs = m.block_size;
-  float qr[kAttnPer], acc[kAttnPer];
-  const float* qp = q + t * lq0 + h * lq1;
-#pragma unroll
-  for (int j = 0; j < kAttnPer; ++j) {
-    const int d = lane + 32 * j;
-    qr[j] = d < D ? qp[d] * scale : 0.0f;
-    acc[j] = 0.0f;
-  }
-  float mx = -INFINITY, l = 0.0f;
-  for (int64_t s = 0; s < S; ++s) {
-    const int64_t r = phys_row(table, bs, s);
-    const float* kr = k + r * lk0 + kh * lk1;
-    float dot = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kAttnPer; ++j) {
-      const int d = lane + 32 * j;
-      if (d < D) dot = fmaf(qr[j], kr[d], dot);
-    }
-    const float sc = warp_sum(dot);
-    const float mn = fmaxf(mx, sc);
-    const float corr = __expf(mx - mn), p = __expf(sc - mn);
-    l = l * corr + p;
-    const float* vr = v + r * lv0 + kh * lv1;
-#pragma unroll
-    for (int j = 0; j < kAttnPer; ++j) {
-      const int d = lane + 32 * j;
-      acc[j] = acc[j] * corr + (d < Dv ? p * vr[d] : 0.0f);
-    }
-    mx = mn;
-  }
-  float* o = out + t * lo0 + h * lo1;
-#pragma unroll
-  for (int j = 0; j < kAttnPer; ++j) {
-    const int d = lane + 32 * j;
-    if (d < Dv) o[d] = acc[j] / l;
-  }
-}
-
-// GQA attention, one block of kGqWarps warps per (token, kv head, chunk of up to G query heads, key split): the
-// warps take KEYS consecutive keys in turn, load each key/value row once for the chunk's heads (online softmax
-// per head in registers, D = Dh * 32 per lane), then their partial results are merged through shared memory
-// and the splits by the last block to finish.
-constexpr int kGqWarps = 4, kAttnMaxSplit = 32;  // the backend splits keys at most 32 ways
-constexpr int kAttnMinKeys = 32;  // keys per split at least (one or two steps of every warp)
-template <int G, int DH, int KEYS>
-__global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
-    float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1, const float* k, int64_t lk0,
-    int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t Hkv, int64_t group, int D, int Dv, float scale,
-    SegMeta m, int nsplit, float* part, int* counters) {
-  pdl_entry();
-  const int nchunk = int((group + G - 1) / G);
-  const int64_t t = blockIdx.x / (Hkv * nchunk);
-  const int64_t kh = (blockIdx.x / nchunk) % Hkv;
-  const int h0 = int(blockIdx.x % nchunk) * G;
-  const int ng = group - h0 < G ? int(group - h0) : G;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float qr[G][DH], acc[G][DH], mx[G], l[G];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const float* qp = q + t * lq0 + (kh * group + h0 + g) * lq1;
-#pragma unroll
-    for (int j = 0; j < DH; ++j) {
-      const int d = lane + 32 * j;
-      qr[g][j] = (g < ng && d < D) ? qp[d] * scale : 0.0f;
-      acc[g][j] = 0.0f;
-    }
-    mx[g] = -INFINITY;
-    l[g] = 0.0f;
-  }
-  int64_t S;  // after the query loads: both in flight together
-  const int32_t* table;
-  seg_of(m, t, S, table);
-  const int bs = m.block_size;
-  // Split-K over the keys (flash-decoding): block y takes keys [s0, s1) of its token. Splits keep at least
-  // kAttnMinKeys keys, so a short context uses fewer of the launched splits (the grid is fixed when a decode
-  // step is recorded as a graph; the context grows at every replay): the blocks past them return at once. (With
-  // a separate combine kernel, counters == nullptr, every split writes its part.)
-  const int64_t want = (S + kAttnMinKeys - 1) / kAttnMinKeys;
-  const int ns = !counters ? nsplit : want < 1 ? 1 : want < nsplit ? int(want) : nsplit;
-  if (int(blockIdx.y) >= ns) return;
-  const int64_t per = (S + ns - 1) / ns, s0 = blockIdx.y * per, s1 = min(S, s0 + per);
-  // KEYS keys per warp at a time (8 with one head per block, 4 with more): their rows are loaded together and
-  // their G x KEYS dot products reduced together (independent shuffle chains), then one online-softmax update
-  // per head for the group.
-  for (int64_t sb = s0 + warp * KEYS; sb < s1; sb += kGqWarps * KEYS) {
-    float kv[KEYS][DH], vv[KEYS][DH];
-#pragma unroll
-    for (int u = 0; u < KEYS; ++u) {
-      const bool ok = sb + u < s1;
-      const int64_t r = ok ? phys_row(table, bs, sb + u) : 0;
-      const float* kr = k + r * lk0 + kh * lk1;
-      const float* vr = v + r * lv0 + kh * lv1;
-#pragma unroll
-      for (int j = 0; j < DH; ++j) {
-        const int d = lane + 32 * j;
-        kv[u][j] = ok && d < D ? kr[d] : 0.0f;
-        vv[u][j] = ok && d < Dv ? vr[d] : 0.0f;
-      }
-    }
-    float sc[G][KEYS];
-#pragma unroll
-    for (int g = 0; g < G; ++g)
-#pragma unroll
-      for (int u = 0; u < KEYS; ++u) {
-        float dot = 0.0f;
-#pragma unroll
-        for (int j = 0; j < DH; ++j) dot = fmaf(qr[g][j], kv[u][j], dot);
-        sc[g][u] = dot;
-      }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-      for (int g = 0; g < G; ++g)
-#pragma unroll
-        for (int u = 0; u < KEYS; ++u) sc[g][u] += __shfl_xor_sync(0xffffffffu, sc[g][u], o);
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      float mn = mx[g];
-#pragma unroll
-      for (int u = 0; u < KEYS; ++u)
-        if (sb + u < s1) mn = fmaxf(mn, sc[g][u]);
-      const float corr = __expf(mx[g] - mn);
-      float p[KEYS], ps = 0.0f;
-#pragma unroll
-      for (int u = 0; u < KEYS; ++u) {
-        p[u] = sb + u < s1 ? __expf(sc[g][u] - mn) : 0.0f;
-        ps += p[u];
-      }
-      l[g] = l[g] * corr + ps;
-#pragma unroll
-      for (int j = 0; j < DH; ++j) {
-        float a = acc[g][j] * corr;
-#pragma unroll
-        for (int u = 0; u < KEYS; ++u) a = fmaf(p[u], vv[u][j], a);
-        acc[g][j] = a;
-      }
-      mx[g] = mn;
-    }
-  }
-  // Merge the warps: shared [kGqWarps][G] (m, l) and [kGqWarps][G][32 * DH] partial outputs.
-  __shared__ float sm_ml[kGqWarps][G][2];
-  __shared__ float sm_acc[kGqWarps][G][32 * DH];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    if (lane == 0) sm_ml[warp][g][0] = mx[g], sm_ml[warp][g][1] = l[g];
-#pragma unroll
-    for (int j = 0; j < DH; ++j) sm_acc[warp][g][lane + 32 * j] = acc[g][j];
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < ng * Dv; i += blockDim.x) {
-    const int g = i / Dv, d = i % Dv;
-    float M = -INFINITY;
-    for (int w = 0; w < kGqWarps; ++w) M = fmaxf(M, sm_ml[w][g][0]);
-    float L = 0.0f, a = 0.0f;
-    for (int w = 0; w < kGqWarps; ++w) {
-      if (sm_ml[w][g][0] == -INFINITY) continue;
-      const float f = __expf(sm_ml[w][g][0] - M);
-      L += sm_ml[w][g][1] * f;
-      a += sm_acc[w][g][d] * f;
-    }
-    const int64_t hq = kh * group + h0 + g;
-    if (ns == 1) {
-      out[t * lo0 + hq * lo1 + d] = a / L;
-    } else {  // part [T, Hq, nsplit, Dv + 2]: unnormalised output, then (max, sum)
-      const int64_t Hq = Hkv * group;
-      float* pr = part + ((t * Hq + hq) * nsplit + blockIdx.y) * (Dv + 2);
-      pr[d] = a;
-      if (d == 0) pr[Dv] = M, pr[Dv + 1] = L;
-    }
-  }
-  if (ns == 1 || !counters) return;
-  // The last split block of this (token, kv head, chunk) to finish merges the splits (no combine launch):
-  // partials are published with a fence before the counter increments; the counter is reset for the next use.
-  __shared__ int s_last;
-  __shared__ float s_f[G][kAttnMaxSplit];   // per head and split: max, then exp(m_j - M) / L
-  __shared__ float s_sum[G][kAttnMaxSplit];  // per head and split: sum
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const int prev = atomicAdd(&counters[blockIdx.x], 1);
-    s_last = prev == ns - 1;
-    if (s_last) counters[blockIdx.x] = 0;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  const int64_t Hq = Hkv * group;
-  // (max, sum) of every split first (independent loads), then one weight per split and head.
-  for (int i = threadIdx.x; i < ng * ns; i += blockDim.x) {
-    const int g = i / ns, j = i % ns;
-    const float* pr = part + ((t * Hq + kh * group + h0 + g) * nsplit + j) * (Dv + 2);
-    s_f[g][j] = __ldcg(pr + Dv);
-    s_sum[g][j] = __ldcg(pr + Dv + 1);
-  }
-  __syncthreads();
-  if (threadIdx.x < ng) {
-    const int g = threadIdx.x;
-    float M = -INFINITY;
-    for (int j = 0; j < ns; ++j) M = fmaxf(M, s_f[g][j]);
-    float L = 0.0f;
-    for (int j = 0; j < ns; ++j) L += s_f[g][j] == -INFINITY ? 0.0f : s_sum[g][j] * __expf(s_f[g][j] - M);
-    for (int j = 0; j < ns; ++j) s_f[g][j] = s_f[g][j] == -INFINITY ? 0.0f : __expf(s_f[g][j] - M) / L;
-  }
-  __syncthreads();
-  // Two outputs per thread at a time and eight splits per round: 16 independent loads in flight.
-  for (int i0 = threadIdx.x; i0 < ng * Dv; i0 += 2 * blockDim.x) {
-    const int i1 = i0 + blockDim.x;
-    const bool two = i1 < ng * Dv;
-    const int g0 = i0 / Dv, d0 = i0 % Dv, g1 = two ? i1 / Dv : g0, d1 = two ? i1 % Dv : d0;
-    const float* p0 = part + (t * Hq + kh * group + h0 + g0) * nsplit * (Dv + 2) + d0;
-    const float* p1 = part + (t * Hq + kh * group + h0 + g1) * nsplit * (Dv + 2) + d1;
-    float a0 = 0.0f, a1 = 0.0f;
-    for (int j0 = 0; j0 < ns; j0 += 8) {
-      float v0[8], v1[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const bool ok = j0 + u < ns;
-        v0[u] = ok ? __ldcg(p0 + (j0 + u) * (Dv + 2)) : 0.0f;
-        v1[u] = ok && two ? __ldcg(p1 + (j0 + u) * (Dv + 2)) : 0.0f;
-      }
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        if (j0 + u >= ns) break;
-        a0 = fmaf(s_f[g0][j0 + u], v0[u], a0);
-        a1 = fmaf(s_f[g1][j0 + u], v1[u], a1);
-      }
-    }
-    out[t * lo0 + (kh * group + h0 + g0) * lo1 + d0] = a0;
-    if (two) out[t * lo0 + (kh * group + h0 + g1) * lo1 + d1] = a1;
-  }
-}
-
-// out[t, h] = merge of the nsplit partial softmax results of attention_gqa_kernel.
-__global__ void attention_combine_kernel(float* out, int64_t lo0, int64_t lo1, const float* part, int64_t T,
-                                         int64_t Hq, int Dv, int nsplit) {
-  pdl_entry();
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= T * Hq * Dv) return;
-  const int64_t th = i / Dv;
-  const int d = int(i % Dv);
-  const float* pr = part + th * nsplit * (Dv + 2);
-  float M = -INFINITY;
-  for (int j = 0; j < nsplit; ++j) M = fmaxf(M, pr[j * (Dv + 2) + Dv]);
-  float L = 0.0f, a = 0.0f;
-  for (int j = 0; j < nsplit; ++j) {
-    const float mj = pr[j * (Dv + 2) + Dv];
-    if (mj == -INFINITY) continue;
-    const float f = __expf(mj - M);
-    L += pr[j * (Dv + 2) + Dv + 1] * f;
-    a += pr[j * (Dv + 2) + d] * f;
-  }
-  out[(th / Hq) * lo0 + (th % Hq) * lo1 + d] = a / L;
 }
 
 // Absorbed MLA, one block (kMlaWarps warps) per (token, head). C <= 32 * kMlaPer.
@@ -1024,7 +750,6 @@ bool pdl_enabled() { return g_pdl; }
 void set_gemv_roll(bool on) { g_gemv_roll = on; }
 void set_pdl_enabled(bool on) { g_pdl = on; }
 
-namespace {
 // SMs of the device first asked about (the process uses one GPU type).
 int gemv_sms() {
   static int sms = [] {
@@ -1035,7 +760,6 @@ int gemv_sms() {
   }();
   return sms;
 }
-}  // namespace
 
 int g_gemv_split = 0;    // 0: by shape (below); 1, 2, 4, 8 forced (DSFUSE_CUDA_GEMV_SPLIT, for measurements)
 bool g_gemv_tma = false;                      // one-token bf16 GEMVs through gemv_tma_kernel (sm_90)
@@ -1209,50 +933,6 @@ void combine_halves(cudaStream_t st, float* y, int64_t ldy, const float* y2, int
 void copy_rows_segs(cudaStream_t st, float* dst, int64_t ldd, const float* src, int64_t lds, int64_t T, int64_t D,
                     const SegMeta& m) {
   launch(copy_rows_segs_kernel, blocks(T * D), 256, 0, st, dst, ldd, src, lds, T, D, m);
-  check_launch();
-}
-
-void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const float* q, int64_t lq0, int64_t lq1,
-                    const float* k, int64_t lk0, int64_t lk1, const float* v, int64_t lv0, int64_t lv1, int64_t T,
-                    int64_t Hq, int64_t group, int D, int Dv, float scale, const SegMeta& m, float* part,
-                    int64_t target_blocks, int max_split, int* counters) {
-  DSFUSE_CHECK(D <= 32 * kAttnPer && Dv <= 32 * kAttnPer, "CUDA attention: head dim ", D, "/", Dv, " above ",
-               32 * kAttnPer);
-  const int64_t Hkv = Hq / group;
-  const int maxd = std::max(D, Dv);
-  auto run_gqa = [&](auto gtag, auto dtag) {
-    constexpr int G = decltype(gtag)::value, DH = decltype(dtag)::value, KEYS = G == 1 ? 8 : 4;
-    const int64_t nchunk = (group + G - 1) / G;
-    // Enough blocks to fill the GPU: split the keys when (tokens x kv heads) alone would not.
-    const int64_t nb = T * Hkv * nchunk;
-    const int ns = part ? static_cast<int>(std::clamp<int64_t>((target_blocks + nb - 1) / nb, 1, max_split)) : 1;
-    const bool merge = counters && nb <= kAttnCounters && ns <= kAttnMaxSplit;  // merged in the kernel
-    launch(attention_gqa_kernel<G, DH, KEYS>, dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, 0, st, 
-        out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, D, Dv, scale, m, ns, part,
-        merge ? counters : nullptr);
-    if (ns > 1 && !merge) launch(attention_combine_kernel, blocks(T * Hq * Dv), 256, 0, st,
-        out, lo0, lo1, part, T, Hq, Dv, ns);
-  };
-  using I1 = std::integral_constant<int, 1>;
-  using I2 = std::integral_constant<int, 2>;
-  using I4 = std::integral_constant<int, 4>;
-  using I8 = std::integral_constant<int, 8>;
-  // One query head per block when the step has few query heads (decode of a few sequences): G heads per block
-  // share the key/value loads but walk the keys one after another per head, and at decode the GPU is short of
-  // blocks, not of bandwidth (R1-Distill-Qwen-1.5B, 12 heads / 2 kv heads: 17.6 us per layer with 8 per block).
-  const bool few = T * Hq <= gemv_sms();
-  if (maxd <= 128) {
-    if (group == 1 || few) run_gqa(I1{}, I4{});
-    else if (group <= 2) run_gqa(I2{}, I4{});
-    else if (group <= 4) run_gqa(I4{}, I4{});
-    else run_gqa(I8{}, I4{});
-  } else if (maxd <= 256 && (group == 1 || few)) {
-    run_gqa(I1{}, I8{});
-  } else {
-    const int wpb = 4;
-    launch(attention_segs_kernel, blocks(T * Hq, wpb), 32 * wpb, 0, st, out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0,
-                                                                     lv1, T, Hq, group, D, Dv, scale, m);
-  }
   check_launch();
 }
 

@@ -68,29 +68,6 @@ size_t tc_smem_bytes(int C, int R) {
 
 __device__ __forceinline__ int tc_swz(int r) { return ((r & 3) << 1) | ((r >> 2) & 1); }
 
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
-}
-
-// d += A B, m16n8k8, tf32 inputs, f32 accumulators (fragment layouts at the top of the file).
-__device__ __forceinline__ void mma_tf32(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-
-__device__ __forceinline__ void tc_seg_of(const SegMeta& m, int64_t t, int64_t& S, const int32_t*& table) {
-  const int32_t* sg = m.seg + 4 * m.tok_seg[t];
-  S = int64_t(sg[2]) + (t - sg[0]) + 1;  // past + index in the segment + 1
-  table = sg[3] >= 0 ? m.tables + sg[3] : nullptr;
-}
-
 __device__ __forceinline__ float tc_warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
@@ -112,7 +89,7 @@ __device__ __forceinline__ TcWork tc_work(const SegMeta& m, int H, int nsplit) {
   w.split = rest % nsplit;
   w.t = rest / nsplit;
   int64_t S;
-  tc_seg_of(m, w.t, S, w.table);
+  seg_of(m, w.t, S, w.table);
   const int64_t per = ((S + nsplit - 1) / nsplit + NT - 1) / NT * NT;
   w.s0 = w.split * per;
   w.s1 = S < w.s0 + per ? S : w.s0 + per;
