@@ -65,7 +65,8 @@ void LlamaModel::layers(TensorView x, const Batch& b, KVCache& kv) {
   TensorView h = arena_.alloc(DType::F32, {T, H});
   const size_t mark = arena_.used();
   // Decode steps on a backend that folds the norms into the next projection and the residual adds into the
-  // previous one's output (2 kernels fewer per layer; opt-in on CUDA): x stays the residual stream throughout.
+  // previous one's output (2 kernels fewer per layer; CUDA: bf16 models with a fused q/k/v weight under 16 MB,
+  // or as DSFUSE_CUDA_FUSE_NORM says): x stays the residual stream throughout.
   const bool fuse = !layers_.empty() && !tp_.comm && !layers_[0].qkv.empty() && !layers_[0].mlp.gate_up.empty() &&
                     be_.fuses_norm_linear(T, layers_[0].qkv);
   if (!layers_.empty() && !fuse) be_.rms_norm(h, x, layers_[0].attn_norm, eps);

@@ -66,6 +66,21 @@ __global__ void attention_segs_kernel(float* out, int64_t lo0, int64_t lo1, cons
 constexpr int kGqWarps = 4, kAttnMaxSplit = 32;  // the backend splits keys at most 32 ways
 constexpr int kAttnMinKeys = 32;  // keys per split at least (one or two steps of every warp)
 
+// Split-K over the keys (flash-decoding): block y of a token with S keys takes keys [s0, s1). Splits keep at least
+// kAttnMinKeys keys, so a short context uses fewer of the launched nsplit (the grid is fixed when a decode step is
+// recorded as a graph; the context grows at every replay): ns is the number in use, and blocks past them get false
+// and return at once. (Without counters, i.e. with a separate combine kernel, every launched split writes its part.)
+__device__ __forceinline__ bool key_split(int64_t S, int nsplit, const int* counters, int& ns, int64_t& s0,
+                                          int64_t& s1) {
+  const int64_t want = (S + kAttnMinKeys - 1) / kAttnMinKeys;
+  ns = !counters ? nsplit : want < 1 ? 1 : want < nsplit ? int(want) : nsplit;
+  if (int(blockIdx.y) >= ns) return false;
+  const int64_t per = (S + ns - 1) / ns;
+  s0 = blockIdx.y * per;
+  s1 = min(S, s0 + per);
+  return true;
+}
+
 // The end of a GQA attention block: its warps' (max, sum) per head in ml [kGqWarps][G] and unnormalised outputs
 // in acc [kGqWarps][G][32 * DH] (shared, written before this call) are merged; with one split the normalised
 // result goes to out, otherwise to the split's slot of part [T, Hq, nsplit, Dv + 2] (unnormalised output, then
@@ -192,14 +207,9 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
   const int32_t* table;
   seg_of(m, t, S, table);
   const int bs = m.block_size;
-  // Split-K over the keys (flash-decoding): block y takes keys [s0, s1) of its token. Splits keep at least
-  // kAttnMinKeys keys, so a short context uses fewer of the launched splits (the grid is fixed when a decode
-  // step is recorded as a graph; the context grows at every replay): the blocks past them return at once. (With
-  // a separate combine kernel, counters == nullptr, every split writes its part.)
-  const int64_t want = (S + kAttnMinKeys - 1) / kAttnMinKeys;
-  const int ns = !counters ? nsplit : want < 1 ? 1 : want < nsplit ? int(want) : nsplit;
-  if (int(blockIdx.y) >= ns) return;
-  const int64_t per = (S + ns - 1) / ns, s0 = blockIdx.y * per, s1 = min(S, s0 + per);
+  int ns;
+  int64_t s0, s1;
+  if (!key_split(S, nsplit, counters, ns, s0, s1)) return;
   // KEYS keys per warp at a time (8 with one head per block, 4 with more): their rows are loaded together and
   // their G x KEYS dot products reduced together (independent shuffle chains), then one online-softmax update
   // per head for the group.
@@ -321,24 +331,19 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_tc_kernel(
   const int32_t* table;
   seg_of(m, t, S, table);
   const int bs = m.block_size;
-  const int64_t want = (S + kAttnMinKeys - 1) / kAttnMinKeys;  // splits as in attention_gqa_kernel
-  const int ns = !counters ? nsplit : want < 1 ? 1 : want < nsplit ? int(want) : nsplit;
-  if (int(blockIdx.y) >= ns) return;
-  const int64_t per = (S + ns - 1) / ns, s0 = blockIdx.y * per, s1 = min(S, s0 + per);
+  int ns;
+  int64_t s0, s1;
+  if (!key_split(S, nsplit, counters, ns, s0, s1)) return;
   // This warp's steps: keys s0 + 8 (warp + kGqWarps i) .. +7 for i < nsteps.
   const int64_t first = s0 + 8 * warp;
   const int nsteps = first < s1 ? static_cast<int>((s1 - first + 8 * kGqWarps - 1) / (8 * kGqWarps)) : 0;
   float* ring = tc_ring + warp * kTcStages * kTcStageFloats;
   // Cache rows of the next step to issue, looked up one step ahead so that issue() does not wait on the block
-  // table: lane j < 8 holds key j's row (-1 past the split); 32-bit division (positions < 2^31).
+  // table: lane j < 8 holds key j's row (-1 past the split).
   long long pf = -1;
   auto fetch = [&](int i) {
     const int64_t s = first + int64_t(8) * kGqWarps * i + (lane & 7);
-    pf = -1;
-    if (i < nsteps && s < s1) {
-      const unsigned su = static_cast<unsigned>(s), ub = static_cast<unsigned>(bs);
-      pf = table ? static_cast<long long>(table[su / ub]) * bs + (su % ub) : static_cast<long long>(s);
-    }
+    pf = i < nsteps && s < s1 ? phys_row(table, bs, s) : -1;
   };
   // Step i into stage i % kTcStages: lane l copies 16-byte chunk l of each key's K and V rows (keys past the
   // split are zero-filled), rotated as described above; then the rows of step i + 1 are looked up.
@@ -461,25 +466,34 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
                32 * kAttnPer);
   const int64_t Hkv = Hq / group;
   const int maxd = std::max(D, Dv);
+  // Launches `kernel` over nb (token, kv head, chunk) blocks x ns key splits; splits are merged by each group's
+  // last block when the counters cover the grid, else by a combine kernel.
+  auto run_split = [&](auto kernel, int64_t nb, int ns, size_t shm, auto&&... args) {
+    const bool merge = counters && nb <= kAttnCounters && ns <= kAttnMaxSplit;
+    launch(kernel, dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, shm, st, args..., ns, part,
+           merge ? counters : nullptr);
+    if (ns > 1 && !merge)
+      launch(attention_combine_kernel, blocks(T * Hq * Dv), 256, 0, st, out, lo0, lo1, part, T, Hq, Dv, ns);
+  };
   auto run_gqa = [&](auto gtag, auto dtag) {
     constexpr int G = decltype(gtag)::value, DH = decltype(dtag)::value, KEYS = G == 1 ? 8 : 4;
     const int64_t nchunk = (group + G - 1) / G;
     // Enough blocks to fill the GPU: split the keys when (tokens x kv heads) alone would not.
     const int64_t nb = T * Hkv * nchunk;
     const int ns = part ? static_cast<int>(std::clamp<int64_t>((target_blocks + nb - 1) / nb, 1, max_split)) : 1;
-    const bool merge = counters && nb <= kAttnCounters && ns <= kAttnMaxSplit;  // merged in the kernel
-    launch(attention_gqa_kernel<G, DH, KEYS>, dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, 0, st, 
-        out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, D, Dv, scale, m, ns, part,
-        merge ? counters : nullptr);
-    if (ns > 1 && !merge) launch(attention_combine_kernel, blocks(T * Hq * Dv), 256, 0, st,
-        out, lo0, lo1, part, T, Hq, Dv, ns);
+    run_split(attention_gqa_kernel<G, DH, KEYS>, nb, ns, 0, out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1,
+              Hkv, group, D, Dv, scale, m);
   };
+  // One query head per block when the step has few query heads (decode of a few sequences): G heads per block
+  // share the key/value loads but walk the keys one after another per head, and at decode the GPU is short of
+  // blocks, not of bandwidth (R1-Distill-Qwen-1.5B, 12 heads / 2 kv heads: 17.6 us per layer with 8 per block).
+  const bool few = T * Hq <= gemv_sms();
   // Tensor cores for head dim 128 and 2-8 query heads per kv head in steps of many tokens (batched decode,
   // prefill); 16-byte aligned rows.
   const bool tc_shape = g_attn_tc && D == kTcD && Dv == kTcD && group >= 2 && group <= 8;
   const bool tc_rows = aligned16(q) && aligned16(k) && aligned16(v) && lq0 % 4 == 0 && lq1 % 4 == 0 &&
                        lk0 % 4 == 0 && lk1 % 4 == 0 && lv0 % 4 == 0 && lv1 % 4 == 0;
-  if (tc_shape && tc_rows && T * Hq > gemv_sms()) {
+  if (tc_shape && tc_rows && !few) {
     static std::atomic<uint64_t> opted{0};
     smem_opt_in(attention_gqa_tc_kernel, kTcSmem, opted);
     // Key splits up to one wave of resident blocks, never past it (2 per SM on an H200, by shared memory): at
@@ -491,11 +505,8 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
     }();
     const int64_t nb = T * Hkv, wave = int64_t(resident) * gemv_sms();
     const int ns = part ? static_cast<int>(std::clamp<int64_t>(wave / nb, 1, max_split)) : 1;
-    const bool merge = counters && nb <= kAttnCounters && ns <= kAttnMaxSplit;
-    launch(attention_gqa_tc_kernel, dim3(static_cast<unsigned>(nb), ns), 32 * kGqWarps, kTcSmem, st, out, lo0, lo1, q,
-           lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv, group, scale, m, ns, part, merge ? counters : nullptr);
-    if (ns > 1 && !merge)
-      launch(attention_combine_kernel, blocks(T * Hq * Dv), 256, 0, st, out, lo0, lo1, part, T, Hq, Dv, ns);
+    run_split(attention_gqa_tc_kernel, nb, ns, kTcSmem, out, lo0, lo1, q, lq0, lq1, k, lk0, lk1, v, lv0, lv1, Hkv,
+              group, scale, m);
     check_launch();
     return;
   }
@@ -503,10 +514,6 @@ void attention_segs(cudaStream_t st, float* out, int64_t lo0, int64_t lo1, const
   using I2 = std::integral_constant<int, 2>;
   using I4 = std::integral_constant<int, 4>;
   using I8 = std::integral_constant<int, 8>;
-  // One query head per block when the step has few query heads (decode of a few sequences): G heads per block
-  // share the key/value loads but walk the keys one after another per head, and at decode the GPU is short of
-  // blocks, not of bandwidth (R1-Distill-Qwen-1.5B, 12 heads / 2 kv heads: 17.6 us per layer with 8 per block).
-  const bool few = T * Hq <= gemv_sms();
   if (maxd <= 128) {
     if (group == 1 || few) run_gqa(I1{}, I4{});
     else if (group <= 2) run_gqa(I2{}, I4{});

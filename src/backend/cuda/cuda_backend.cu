@@ -567,7 +567,7 @@ class CudaBackend final : public Backend {
   // ---- ops ----
   void embedding(TensorView out, const TensorView& table, const int32_t* ids, int64_t T) override {
     Prof prof(this, "embedding");
-    if (skip_op("embedding")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t H = table.shape[1];
     const int32_t* d_ids = step_input(ids, T, 0);
@@ -578,7 +578,7 @@ class CudaBackend final : public Backend {
 
   void linear(TensorView y, const TensorView& x, const Linear& w) override {
     Prof prof(this, "linear");
-    if (skip_op("linear")) return;
+    if (prof.skip) return;
     Op op(this);
     linear_impl(y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], x.shape[0], w);
   }
@@ -598,7 +598,7 @@ class CudaBackend final : public Backend {
   void rms_norm_linear(TensorView y, const TensorView& x, const TensorView& nw, float eps, const Linear& w,
                        TensorView h) override {
     Prof prof(this, "rms_norm_linear");
-    if (skip_op("rms_norm_linear")) return;
+    if (prof.skip) return;
     Op op(this);
     if (fused_gemv(y, x, w, false, &nw, eps, false)) return;
     Backend::rms_norm_linear(y, x, nw, eps, w, h);
@@ -606,14 +606,14 @@ class CudaBackend final : public Backend {
   void rms_norm_linear_silu(TensorView y, const TensorView& x, const TensorView& nw, float eps,
                             const Linear& gate_up, TensorView h) override {
     Prof prof(this, "rms_norm_linear_silu");
-    if (skip_op("rms_norm_linear_silu")) return;
+    if (prof.skip) return;
     Op op(this);
     if (fused_gemv(y, x, gate_up, true, &nw, eps, false)) return;
     Backend::rms_norm_linear_silu(y, x, nw, eps, gate_up, h);
   }
   void linear_add(TensorView x, const TensorView& a, const Linear& w, TensorView tmp) override {
     Prof prof(this, "linear_add");
-    if (skip_op("linear_add")) return;
+    if (prof.skip) return;
     Op op(this);
     if (fused_gemv(x, a, w, false, nullptr, 0.0f, true)) return;
     Backend::linear_add(x, a, w, tmp);
@@ -635,7 +635,7 @@ class CudaBackend final : public Backend {
 
   void rms_norm(TensorView y, const TensorView& x, const TensorView& w, float eps) override {
     Prof prof(this, "rms_norm");
-    if (skip_op("rms_norm")) return;
+    if (prof.skip) return;
     const int64_t T = x.shape[0], D = x.shape[x.ndim - 1];
     if (norm_reg<false>(stream_, T, D, x.ptr<float>(), x.stride[0], nullptr, 0, y.ptr<float>(),
                         y.stride[0], w.data, wtype_of(w.dtype), eps))
@@ -647,7 +647,7 @@ class CudaBackend final : public Backend {
 
   void add(TensorView y, const TensorView& x) override {
     Prof prof(this, "add");
-    if (skip_op("add")) return;
+    if (prof.skip) return;
     const int64_t T = x.shape[0], D = x.numel() / T;
     launch(add_kernel, blocks(T * D), 256, 0, stream_, y.ptr<float>(), y.stride[0], x.ptr<float>(), x.stride[0], T, D);
     check_launch();
@@ -655,7 +655,7 @@ class CudaBackend final : public Backend {
 
   void add_rms_norm(TensorView x, const TensorView& o, TensorView h, const TensorView& w, float eps) override {
     Prof prof(this, "add_rms_norm");
-    if (skip_op("add_rms_norm")) return;
+    if (prof.skip) return;
     const int64_t T = x.shape[0], D = x.shape[x.ndim - 1];
     if (norm_reg<true>(stream_, T, D, x.ptr<float>(), x.stride[0], o.ptr<float>(), o.stride[0], h.ptr<float>(),
                        h.stride[0], w.data, wtype_of(w.dtype), eps))
@@ -669,7 +669,7 @@ class CudaBackend final : public Backend {
   void linear_silu(TensorView y, const TensorView& x, const Linear& w) override {
     Op op(this);
     Prof prof(this, "linear_silu");
-    if (skip_op("linear_silu")) return;
+    if (prof.skip) return;
     const int64_t T = x.shape[0], I = w.out_features() / 2, K = w.in_features();
     if (T <= gemv_max_T_ && w.bias.empty() && !small_batch_to_blas(desc_of(w), 2 * I, K, T)) {
       count_bytes(static_cast<int64_t>(w.bytes()));
@@ -684,7 +684,7 @@ class CudaBackend final : public Backend {
 
   void silu_mul(TensorView y, const TensorView& gate, const TensorView& up) override {
     Prof prof(this, "silu_mul");
-    if (skip_op("silu_mul")) return;
+    if (prof.skip) return;
     const int64_t T = gate.shape[0], I = gate.shape[gate.ndim - 1];
     launch(silu_mul_kernel, blocks(T * I), 256, 0, stream_, y.ptr<float>(), y.stride[0], gate.ptr<float>(),
                                                          gate.stride[0], up.ptr<float>(), up.stride[0], T, I);
@@ -693,7 +693,7 @@ class CudaBackend final : public Backend {
 
   void rope(TensorView x, int offset, const RopeTable& tab, RopeStyle style, const int32_t* pos) override {
     Prof prof(this, "rope");
-    if (skip_op("rope")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t T = x.shape[0], H = x.shape[1];
     const int half = tab.rot_dim() / 2;
@@ -707,7 +707,7 @@ class CudaBackend final : public Backend {
 
   void copy_rows(TensorView dst, int64_t r0, const TensorView& src, const PagedRows& rows) override {
     Prof prof(this, "copy_rows");
-    if (skip_op("copy_rows")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t T = src.shape[0], D = src.numel() / T;
     const int32_t* tab = rows.table ? stage(rows.table, (r0 + T - 1) / rows.block_size + 1) : nullptr;
@@ -729,7 +729,7 @@ class CudaBackend final : public Backend {
 
   void argmax_rows(TensorView ids, const TensorView& x) override {
     Prof prof(this, "argmax");
-    if (skip_op("argmax")) return;
+    if (prof.skip) return;
     Op op(this);
     cuda::argmax_rows(stream_, ids.ptr<int32_t>(), x.ptr<float>(), x.stride[0], x.shape[0], x.shape[1],
                       scratch(argmax_scratch_bytes(x.shape[0])));
@@ -737,7 +737,7 @@ class CudaBackend final : public Backend {
 
   void copy_rows_segs(TensorView dst, const TensorView& src, const std::vector<SeqSegment>& segs) override {
     Prof prof(this, "copy_rows_segs");
-    if (skip_op("copy_rows_segs")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t T = src.shape[0], D = src.numel() / T;
     cuda::copy_rows_segs(stream_, dst.ptr<float>(), dst.stride[0], src.ptr<float>(), src.stride[0], T, D,
@@ -752,7 +752,7 @@ class CudaBackend final : public Backend {
         kc.stride[1] != 1 || vc.stride[1] != 1)
       return Backend::rope_store_kv(qk, Hq, tab, pos, kc, vc, v, segs);  // partial rotary or strided heads
     Prof prof(this, "rope_store_kv");
-    if (skip_op("rope_store_kv")) return;
+    if (prof.skip) return;
     Op op(this);
     const float* d_freq = constant(tab.inv_freq.data(), half);
     const int32_t* d_pos = step_input(pos, T, 1);
@@ -770,7 +770,7 @@ class CudaBackend final : public Backend {
     if (2 * half != R || kv_a.stride[1] != 1 || latent.stride[1] != 1 || lat_c.stride[1] != 1 || kpe_c.stride[1] != 1)
       return Backend::mla_store_kv(kv_a, C, norm_w, eps, tab, pos, latent, lat_c, kpe_c, segs);
     Prof prof(this, "mla_store_kv");
-    if (skip_op("mla_store_kv")) return;
+    if (prof.skip) return;
     Op op(this);
     const float* d_freq = constant(tab.inv_freq.data(), half);
     const int32_t* d_pos = step_input(pos, T, 1);
@@ -783,7 +783,7 @@ class CudaBackend final : public Backend {
   void attention_segs(TensorView out, const TensorView& q, const TensorView& k, const TensorView& v, float scale,
                       const std::vector<SeqSegment>& segs) override {
     Prof prof(this, "attention_segs");
-    if (skip_op("attention_segs")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t T = q.shape[0], Hq = q.shape[1], D = q.shape[2], Hkv = k.shape[1], Dv = v.shape[2];
     // Key splits only when tokens x kv heads leave the GPU idle (decode of small batches).
@@ -803,7 +803,7 @@ class CudaBackend final : public Backend {
                           const TensorView& k_pe, const Linear& kv_b, float scale,
                           const std::vector<SeqSegment>& segs) override {
     Prof prof(this, "mla_attention_segs");
-    if (skip_op("mla_attention_segs")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t T = q_nope.shape[0], H = q_nope.shape[1], Dn = q_nope.shape[2], R = q_pe.shape[2];
     const int64_t C = latent.shape[1], Dv = out.shape[2];
@@ -851,7 +851,7 @@ class CudaBackend final : public Backend {
   void moe_route(TensorView ids, TensorView weights, const TensorView& logits, const TensorView& bias,
                  const RouterParams& p) override {
     Prof prof(this, "moe_route");
-    if (skip_op("moe_route")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t T = logits.shape[0], E = p.n_experts;
     const float* d_bias = nullptr;
@@ -871,7 +871,7 @@ class CudaBackend final : public Backend {
 
   void sample_rows(TensorView ids, const TensorView& x, const SampleRowParams* params) override {
     Prof prof(this, "sample_rows");
-    if (skip_op("sample_rows")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t R = x.shape[0], V = x.shape[1];
     const SampleRowParams* d = stage(params, R);
@@ -882,7 +882,7 @@ class CudaBackend final : public Backend {
   void moe_experts(TensorView out, const TensorView& x, const TensorView& ids, const TensorView& weights,
                    const std::vector<ExpertWeights>& experts) override {
     Prof prof(this, "moe_experts");
-    if (skip_op("moe_experts")) return;
+    if (prof.skip) return;
     Op op(this);
     const int64_t T = x.shape[0], H = x.shape[1], K = ids.shape[1];
     const int E = static_cast<int>(experts.size());
@@ -973,11 +973,13 @@ class CudaBackend final : public Backend {
   };
   // DSFUSE_CUDA_PROFILE=1: every op is timed on the GPU with a pair of CUDA events (graphs off; nothing is
   // synchronised), and a table of GPU time per op kind is printed when the backend goes away.
+  // Times the op when profiling; `skip`: the op is in DSFUSE_CUDA_SKIP (the caller returns at once).
   struct Prof {
     CudaBackend* b = nullptr;
     const char* name = nullptr;
     cudaEvent_t e0 = nullptr;
-    Prof(CudaBackend* be, const char* n) {
+    bool skip = false;
+    Prof(CudaBackend* be, const char* n) : skip(!be->skip_.empty() && be->skip_.count(n) > 0) {
       if (!be->profile_ || be->prof_depth_++ > 0 || be->step_T_ > be->profile_max_T_) {
         if (be->profile_) b = be;  // nested: only the depth is tracked
         return;
@@ -998,7 +1000,6 @@ class CudaBackend final : public Backend {
       --b->prof_depth_;
     }
   };
-  bool skip_op(const char* name) const { return !skip_.empty() && skip_.count(name) > 0; }
   struct ProfPending {
     const char* name;
     cudaEvent_t e0, e1;

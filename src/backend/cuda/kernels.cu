@@ -1,6 +1,7 @@
-// CUDA kernels of the fast paths: vectorised decode GEMV, cache writes over the step's segments,
-// the FP32 MLA kernels (exact mode and fallback; the tensor-core one is mla_tc.cu), argmax and the HBM read
-// probe (MoE: moe_kernels.cu; GQA attention: attention.cu). Launchers are declared in common.cuh; cuda_backend.cu decides when each is used.
+// CUDA kernels of the fast paths: vectorised decode GEMV, cache writes over the step's segments, the FP32 MLA
+// kernels (exact mode and fallback; the tensor-core one is mla_tc.cu), argmax and the HBM read probe (MoE:
+// moe_kernels.cu; GQA attention: attention.cu). Launchers are declared in common.cuh; cuda_backend.cu decides
+// when each is used.
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
