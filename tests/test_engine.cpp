@@ -47,17 +47,35 @@ std::vector<std::vector<int32_t>> run_concurrently(Engine& e, const std::vector<
   std::mutex m;
   std::condition_variable cv;
   size_t done = 0;
-  for (size_t i = 0; i < reqs.size(); ++i) {
-    e.submit(reqs[i], [&, i](const EngineEvent& ev) {
-      if (ev.piece.token >= 0) out[i].push_back(ev.piece.token);
-      if (ev.finished) {
-        std::lock_guard<std::mutex> lk(m);
-        fin[i] = ev;
-        ++done;
-        cv.notify_all();
-      }
-    });
+  bool submitted = false;
+  // The engine thread may run a step before the last request is submitted (a loaded 2-core CI machine):
+  // its callbacks wait until all are in, so every request after the first step's shares the next steps.
+  auto on_event = [&](size_t i, const EngineEvent& ev) {
+    {
+      std::unique_lock<std::mutex> lk(m);
+      cv.wait(lk, [&] { return submitted; });
+    }
+    if (ev.piece.token >= 0) out[i].push_back(ev.piece.token);
+    if (ev.finished) {
+      std::lock_guard<std::mutex> lk(m);
+      fin[i] = ev;
+      ++done;
+      cv.notify_all();
+    }
+  };
+  auto release = [&] {
+    std::lock_guard<std::mutex> lk(m);
+    submitted = true;
+    cv.notify_all();
+  };
+  try {
+    for (size_t i = 0; i < reqs.size(); ++i)
+      e.submit(reqs[i], [&on_event, i](const EngineEvent& ev) { on_event(i, ev); });
+  } catch (...) {
+    release();
+    throw;
   }
+  release();
   std::unique_lock<std::mutex> lk(m);
   EXPECT_TRUE(cv.wait_for(lk, std::chrono::seconds(120), [&] { return done == reqs.size(); }));
   if (finals) *finals = fin;
