@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU test set (run on a machine with an NVIDIA GPU): builds with CUDA, then runs every CUDA test (backend ops vs
 # the reference backend, parity of every fixture full + incremental, greedy equality through the engine, the
-# default model) in f32 mode (DSFUSE_CUDA_F32=1) and in bf16 mode, and prints a summary.
+# default model, 2-layer cuts of real shapes made here with HF Transformers) in f32 mode (DSFUSE_CUDA_F32=1) and
+# in bf16 mode, and prints a summary.
 # Env: DSFUSE_FIXTURES (fixture root), DSFUSE_DEBS (folder of .deb dev packages to unpack into /tmp/dsfuse-deps
 # when this machine lacks them; default ../debs, else .carry/debs), BUILD_DIR (default build-gpu), JOBS (default
 # nproc), LOG_DIR (keeps the logs), SKIP_BUILD=1 (use the binaries already in BUILD_DIR, e.g. carried). The dependency/build prologue is scripts/gpu_env.sh.
@@ -21,6 +22,21 @@ if [ "${SKIP_BUILD:-0}" = 1 ]; then
 else
   gpu_build "$LOG_DIR" || exit 1
   echo "build: $(( $(date +%s) - t0 )) s"
+fi
+
+# Real-shape fixtures (2-layer cuts of R1-Distill-Qwen-7B / -Llama-8B with HF's float32 logits: head dim 128,
+# the tensor-core attention's shapes) when this machine has torch + transformers and the configs; ~25 s. Set
+# DSFUSE_REAL_SHAPES to reuse ones already made, REAL_SHAPES=0 to skip them (their tests then SKIP).
+if [ "${REAL_SHAPES:-1}" != 0 ] && [ -z "${DSFUSE_REAL_SHAPES:-}" ]; then
+  cfgs=$([ -d ../shared/configs ] && echo ../shared/configs || echo .carry/configs)
+  t1=$(date +%s)
+  if python3 -c "import torch, transformers, safetensors" 2>/dev/null && [ -d "$cfgs" ] &&
+      python3 scripts/make_real_shape_fixtures.py "$cfgs" /tmp/dsfuse-real-shapes > "$LOG_DIR/real-shapes.log" 2>&1; then
+    export DSFUSE_REAL_SHAPES=/tmp/dsfuse-real-shapes
+    echo "real-shape fixtures: $(( $(date +%s) - t1 )) s"
+  else
+    echo "real-shape fixtures not made (no torch/transformers or configs here; see $LOG_DIR/real-shapes.log): their tests SKIP"
+  fi
 fi
 
 FILTER='Backends/BackendOps.*/1:*Cuda*'

@@ -18,6 +18,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using test::run_concurrently;
+
 const fs::path kDefaultModel = DSFUSE_SOURCE_MODEL_DIR;
 
 EngineRequest greedy(std::vector<int32_t> prompt, int n) {
@@ -37,49 +39,6 @@ std::vector<int32_t> prompt_of(int len, int seed, int vocab) {
     p.push_back(static_cast<int32_t>(2 + (s >> 8) % static_cast<uint32_t>(vocab - 2)));
   }
   return p;
-}
-
-// Runs all requests concurrently through one engine; returns generated ids per request.
-std::vector<std::vector<int32_t>> run_concurrently(Engine& e, const std::vector<EngineRequest>& reqs,
-                                                   std::vector<EngineEvent>* finals = nullptr) {
-  std::vector<std::vector<int32_t>> out(reqs.size());
-  std::vector<EngineEvent> fin(reqs.size());
-  std::mutex m;
-  std::condition_variable cv;
-  size_t done = 0;
-  bool submitted = false;
-  // The engine thread may run a step before the last request is submitted (a loaded 2-core CI machine):
-  // its callbacks wait until all are in, so every request after the first step's shares the next steps.
-  auto on_event = [&](size_t i, const EngineEvent& ev) {
-    {
-      std::unique_lock<std::mutex> lk(m);
-      cv.wait(lk, [&] { return submitted; });
-    }
-    if (ev.piece.token >= 0) out[i].push_back(ev.piece.token);
-    if (ev.finished) {
-      std::lock_guard<std::mutex> lk(m);
-      fin[i] = ev;
-      ++done;
-      cv.notify_all();
-    }
-  };
-  auto release = [&] {
-    std::lock_guard<std::mutex> lk(m);
-    submitted = true;
-    cv.notify_all();
-  };
-  try {
-    for (size_t i = 0; i < reqs.size(); ++i)
-      e.submit(reqs[i], [&on_event, i](const EngineEvent& ev) { on_event(i, ev); });
-  } catch (...) {
-    release();
-    throw;
-  }
-  release();
-  std::unique_lock<std::mutex> lk(m);
-  EXPECT_TRUE(cv.wait_for(lk, std::chrono::seconds(120), [&] { return done == reqs.size(); }));
-  if (finals) *finals = fin;
-  return out;
 }
 
 // Engine stats are a snapshot taken after each step: wait for the loop to settle.

@@ -6,7 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <fstream>
 #include <sstream>
 
@@ -122,6 +125,49 @@ CmdResult run_dsfuse(const std::string& args, const std::string& stdin_path) {
   CmdResult r{WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc), slurp(d + "/out"), slurp(d + "/err")};
   std::filesystem::remove_all(d);
   return r;
+}
+
+// (documented in test_util.h)
+std::vector<std::vector<int32_t>> run_concurrently(Engine& e, const std::vector<EngineRequest>& reqs,
+                                                   std::vector<EngineEvent>* finals) {
+  std::vector<std::vector<int32_t>> out(reqs.size());
+  std::vector<EngineEvent> fin(reqs.size());
+  std::mutex m;
+  std::condition_variable cv;
+  size_t done = 0;
+  bool submitted = false;
+  // The engine thread may run a step before the last request is submitted (a loaded 2-core CI machine):
+  // its callbacks wait until all are in, so every request after the first step's shares the next steps.
+  auto on_event = [&](size_t i, const EngineEvent& ev) {
+    {
+      std::unique_lock<std::mutex> lk(m);
+      cv.wait(lk, [&] { return submitted; });
+    }
+    if (ev.piece.token >= 0) out[i].push_back(ev.piece.token);
+    if (ev.finished) {
+      std::lock_guard<std::mutex> lk(m);
+      fin[i] = ev;
+      ++done;
+      cv.notify_all();
+    }
+  };
+  auto release = [&] {
+    std::lock_guard<std::mutex> lk(m);
+    submitted = true;
+    cv.notify_all();
+  };
+  try {
+    for (size_t i = 0; i < reqs.size(); ++i)
+      e.submit(reqs[i], [&on_event, i](const EngineEvent& ev) { on_event(i, ev); });
+  } catch (...) {
+    release();
+    throw;
+  }
+  release();
+  std::unique_lock<std::mutex> lk(m);
+  EXPECT_TRUE(cv.wait_for(lk, std::chrono::seconds(120), [&] { return done == reqs.size(); }));
+  if (finals) *finals = fin;
+  return out;
 }
 
 }  // namespace dsfuse::test

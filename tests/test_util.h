@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"
 #include "loader/safetensors.h"
 
 namespace dsfuse::test {
@@ -59,5 +60,11 @@ struct CmdResult {
 
 // Runs `dsfuse <args>` (args are passed to the shell as written) and captures stdout/stderr.
 CmdResult run_dsfuse(const std::string& args, const std::string& stdin_path = "/dev/null");
+
+// Submits all requests to one engine and waits for them (120 s at most); returns the generated ids per request
+// (and each request's final event). The engine's callbacks wait until every request is submitted, so all but the
+// first step's requests share the following steps even when the engine thread runs ahead of the submitting one.
+std::vector<std::vector<int32_t>> run_concurrently(Engine& e, const std::vector<EngineRequest>& reqs,
+                                                   std::vector<EngineEvent>* finals = nullptr);
 
 }  // namespace dsfuse::test
