@@ -200,10 +200,7 @@ std::unique_ptr<Backend> make_backend(const std::string& name) {
   return nullptr;
 }
 
-bool cuda_bf16_mode(const std::string& name) {
-  const char* e = std::getenv("DSFUSE_CUDA_F32");
-  return name == "cuda" && !(e && *e && std::string(e) != "0");
-}
+bool cuda_bf16_mode(const std::string& name) { return name == "cuda" && !test::cuda_f32_mode(); }
 
 class BackendOps : public ::testing::TestWithParam<std::string> {
  protected:

@@ -89,8 +89,7 @@ TEST(DefaultModel, LogitsAndGreedyMatchTransformers) {
 
 TEST(DefaultModel, CudaLogitsAndGreedyMatchTransformers) {
   if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
-  const char* f32 = std::getenv("DSFUSE_CUDA_F32");
-  const double tol = f32 && *f32 && std::string(f32) != "0" ? 1e-4 : 1e-3;
+  const double tol = test::cuda_f32_mode() ? 1e-4 : 1e-3;
   LoadOptions o;
   o.device = "cuda";
   auto model = Model::load(kDefaultModel, o);

@@ -72,8 +72,7 @@ TEST_P(Parity, CudaFullAndIncremental) {
   const std::string name = GetParam();
   if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
   DSFUSE_REQUIRE_FIXTURE(dir, "models/" + name);
-  const char* f32 = std::getenv("DSFUSE_CUDA_F32");
-  const bool exact = f32 && *f32 && std::string(f32) != "0";
+  const bool exact = test::cuda_f32_mode();
   LoadOptions o;
   o.device = "cuda";
   full_and_incremental(name, dir, o, exact ? (name.find("fp8") != std::string::npos ? 5e-3 : 1e-4) : 1e-2);
@@ -105,8 +104,7 @@ TEST_P(RealShapes, CudaFullAndIncremental) {
   const std::string name = GetParam();
   if (!test::cuda_available()) GTEST_SKIP() << test::cuda_skip_reason();
   DSFUSE_REQUIRE_REAL_SHAPE(dir, name);
-  const char* f32 = std::getenv("DSFUSE_CUDA_F32");
-  const bool exact = f32 && *f32 && std::string(f32) != "0";
+  const bool exact = test::cuda_f32_mode();
   LoadOptions o;
   o.device = "cuda";
   full_and_incremental(name, dir, o, exact ? 1e-4 : 1e-2);

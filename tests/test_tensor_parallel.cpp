@@ -73,11 +73,6 @@ std::string two_gpu_skip_reason() {
 #endif
 }
 
-bool cuda_f32_mode() {
-  const char* e = std::getenv("DSFUSE_CUDA_F32");
-  return e && *e && std::string(e) != "0";
-}
-
 // Two GPUs joined by NCCL give the logits of one GPU: the full forward of the reference ids, then the first
 // tokens again one at a time (decode shapes: GEMV, one-row all-gathers), then greedy decoding through the
 // engine (batched, paged KV cache).
@@ -116,7 +111,7 @@ TEST_P(TensorParallel, CudaTwoGpusMatchOneGpu) {
   }
   const std::vector<float> full1_head(full1.begin(), full1.begin() + static_cast<int64_t>(n_inc) * V);
 
-  const bool f32 = cuda_f32_mode();
+  const bool f32 = test::cuda_f32_mode();
   const double tol = f32 ? 1e-4 : 1e-2;
   const double e_full = test::rel_err(full2, full1), e_inc = test::rel_err(inc2, full1_head);
   std::printf("[tp] cuda %-22s rel_err=%.3e (2 GPUs vs 1, %s; incremental %zu tokens %.3e; 2 GPUs vs Transformers "

@@ -51,6 +51,11 @@ std::filesystem::path npm_test_dir(std::string* why);
 // Whether the CUDA backend was built and a device is present; the reason to skip otherwise.
 bool cuda_available();
 std::string cuda_skip_reason();
+// DSFUSE_CUDA_F32 set (and not "0"): the CUDA backend runs in its exact f32 mode, so CUDA tests use f32 tolerances.
+inline bool cuda_f32_mode() {
+  const char* e = std::getenv("DSFUSE_CUDA_F32");
+  return e && *e && std::string(e) != "0";
+}
 
 struct CmdResult {
   int exit_code;

@@ -66,12 +66,15 @@ __global__ void attention_segs_kernel(float* out, int64_t lo0, int64_t lo1, cons
 constexpr int kGqWarps = 4, kAttnMaxSplit = 32;  // the backend splits keys at most 32 ways
 constexpr int kAttnMinKeys = 32;  // keys per split at least (one or two steps of every warp)
 
-// Split-K over the keys (flash-decoding): block y of a token with S keys takes keys [s0, s1). Splits keep at least
-// kAttnMinKeys keys, so a short context uses fewer of the launched nsplit (the grid is fixed when a decode step is
-// recorded as a graph; the context grows at every replay): ns is the number in use, and blocks past them get false
-// and return at once. (Without counters, i.e. with a separate combine kernel, every launched split writes its part.)
-__device__ __forceinline__ bool key_split(int64_t S, int nsplit, const int* counters, int& ns, int64_t& s0,
-                                          int64_t& s1) {
+// Split-K over the keys (flash-decoding): token t's segment gives its S keys and block table; block y takes keys
+// [s0, s1). Splits keep at least kAttnMinKeys keys, so a short context uses fewer of the launched nsplit (the grid is
+// fixed when a decode step is recorded as a graph; the context grows at every replay): ns is the number in use, and
+// blocks past them get false and return at once. (Without counters, i.e. with a separate combine kernel, every
+// launched split writes its part.)
+__device__ __forceinline__ bool key_split(const SegMeta& m, int64_t t, int nsplit, const int* counters,
+                                          const int32_t*& table, int& ns, int64_t& s0, int64_t& s1) {
+  int64_t S;
+  seg_of(m, t, S, table);
   const int64_t want = (S + kAttnMinKeys - 1) / kAttnMinKeys;
   ns = !counters ? nsplit : want < 1 ? 1 : want < nsplit ? int(want) : nsplit;
   if (int(blockIdx.y) >= ns) return false;
@@ -203,13 +206,11 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_kernel(
     mx[g] = -INFINITY;
     l[g] = 0.0f;
   }
-  int64_t S;  // after the query loads: both in flight together
-  const int32_t* table;
-  seg_of(m, t, S, table);
-  const int bs = m.block_size;
+  const int32_t* table;  // after the query loads: both in flight together
   int ns;
   int64_t s0, s1;
-  if (!key_split(S, nsplit, counters, ns, s0, s1)) return;
+  if (!key_split(m, t, nsplit, counters, table, ns, s0, s1)) return;
+  const int bs = m.block_size;
   // KEYS keys per warp at a time (8 with one head per block, 4 with more): their rows are loaded together and
   // their G x KEYS dot products reduced together (independent shuffle chains), then one online-softmax update
   // per head for the group.
@@ -327,13 +328,11 @@ __global__ void __launch_bounds__(32 * kGqWarps) attention_gqa_tc_kernel(
       qa[i][2] = to_tf32(x.z * scale), qa[i][3] = to_tf32(x.w * scale);
     }
   }
-  int64_t S;
   const int32_t* table;
-  seg_of(m, t, S, table);
-  const int bs = m.block_size;
   int ns;
   int64_t s0, s1;
-  if (!key_split(S, nsplit, counters, ns, s0, s1)) return;
+  if (!key_split(m, t, nsplit, counters, table, ns, s0, s1)) return;
+  const int bs = m.block_size;
   // This warp's steps: keys s0 + 8 (warp + kGqWarps i) .. +7 for i < nsteps.
   const int64_t first = s0 + 8 * warp;
   const int nsteps = first < s1 ? static_cast<int>((s1 - first + 8 * kGqWarps - 1) / (8 * kGqWarps)) : 0;
